@@ -1,0 +1,314 @@
+"""Base classes a plugin implements, and the result types they return.
+
+A plugin author subclasses one of ``Generator``, ``Attack``, ``Metric``, ``DatasetSource`` or ``ReportSection``
+and registers it through the matching hook (see ``cmraudit.hookspecs``). The core never imports model or attack
+code of its own: everything it runs comes through these classes.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Literal
+
+import numpy as np
+
+from .data.types import PATHOLOGIES, VENDORS, PatientVolume, SliceTable
+
+if TYPE_CHECKING:  # torch is imported lazily so `cmraudit --help` stays fast
+    import torch
+
+Profile = Literal["smoke", "quick", "standard"]
+PROFILES: tuple[str, ...] = ("smoke", "quick", "standard")
+
+
+# --------------------------------------------------------------------------------------------------- data sources
+class DatasetSource(abc.ABC):
+    """A data set addressed as ``name`` or ``name:ARG`` (``phantom:40``, ``acdc:/data/ACDC``)."""
+
+    name: ClassVar[str]
+    #: one line for ``cmraudit plugins`` and ``--help``
+    description: ClassVar[str] = ""
+
+    def __init__(self, arg: str | None = None) -> None:
+        self.arg = arg
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}:{self.arg}" if self.arg else self.name
+
+    @abc.abstractmethod
+    def volumes(self) -> Iterator[PatientVolume]:
+        """Yield each patient's ED/ES volumes. Raise DataError naming the file for unreadable input."""
+
+    def load(self, image_size: int) -> SliceTable:
+        """All usable slices, resampled to ``image_size`` and normalised to [-1, 1]."""
+        from .data.preprocess import volumes_to_table
+
+        return volumes_to_table(self.volumes(), image_size=image_size, source=self.spec)
+
+
+# --------------------------------------------------------------------------------------------------- generators
+@dataclass(frozen=True)
+class Conditioning:
+    """What a generator is conditioned on: the mask (anatomical stencil) plus vendor and pathology labels."""
+
+    image_size: int
+    n_labels: int = 4
+    n_vendors: int = len(VENDORS)
+    n_pathologies: int = len(PATHOLOGIES)
+
+
+@dataclass
+class Batch:
+    """A training or sampling batch. images (B, 1, H, W) in [-1, 1]; masks (B, H, W) int64; vendor, pathology (B,)."""
+
+    images: "torch.Tensor"
+    masks: "torch.Tensor"
+    vendor: "torch.Tensor"
+    pathology: "torch.Tensor"
+
+    def to(self, device: Any) -> "Batch":
+        return Batch(self.images.to(device), self.masks.to(device), self.vendor.to(device), self.pathology.to(device))
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @classmethod
+    def from_table(cls, table: SliceTable, rows: Any = None) -> "Batch":
+        t = table if rows is None else table.take(rows)
+        return cls(t.images, t.masks, t.vendor_indices(), t.pathology_indices())
+
+
+class StepRunner(abc.ABC):
+    """Given to ``Generator.training_step`` by the training loop: hides AMP, clipping, DP and EMA."""
+
+    @abc.abstractmethod
+    def optimize(self, network: str, loss: "torch.Tensor") -> None:
+        """zero_grad, backward (scaled under AMP), clip (non-DP; DP clips per example), step, EMA update."""
+
+    @property
+    @abc.abstractmethod
+    def device(self) -> "torch.device": ...
+
+    @abc.abstractmethod
+    def autocast(self) -> Any:
+        """Context manager for the forward pass (bf16/fp16 autocast on GPU, a no-op on CPU)."""
+
+
+class Generator(abc.ABC):
+    """A conditional image generator. Subclasses set ``name``, ``family`` and a ``Config`` dataclass.
+
+    Contract:
+      * ``nets`` maps network names to ``torch.nn.Module``; the training loop may replace an entry with an Opacus
+        wrapper, so always reach networks through ``self.nets[name]``.
+      * ``sample(masks, vendor, pathology)`` returns (B, 1, H, W) float in [-1, 1], finite, and is deterministic
+        for a given ``torch.Generator`` seed.
+      * ``membership_signal`` (optional) returns named per-example signals, each (B,), **higher = the model fits
+        this example better** (e.g. negative denoising loss), for white-box membership attacks.
+    """
+
+    name: ClassVar[str]
+    family: ClassVar[str] = "other"
+    description: ClassVar[str] = ""
+    Config: ClassVar[type] = dict  # a dataclass with defaults, overridden per profile and from TOML / CLI
+
+    def __init__(self, config: Any, conditioning: Conditioning) -> None:
+        self.config = config
+        self.conditioning = conditioning
+        self.nets: dict[str, "torch.nn.Module"] = {}
+
+    @classmethod
+    def profile_config(cls, profile: str) -> dict[str, Any]:
+        """Config overrides for a profile (``smoke``, ``quick``, ``standard``); default: none."""
+        return {}
+
+    @classmethod
+    def make_config(cls, profile: str = "quick", overrides: dict[str, Any] | None = None) -> Any:
+        from .config import build_dataclass
+
+        return build_dataclass(cls.Config, {**cls.profile_config(profile), **(overrides or {})}, owner=cls.name)
+
+    def private_networks(self) -> tuple[str, ...]:
+        """Networks that see private data and must be trained with DP (default: all of them)."""
+        return tuple(self.nets)
+
+    def ema_networks(self) -> tuple[str, ...]:
+        """Networks whose exponential moving average is used for sampling (diffusion / flow)."""
+        return ()
+
+    @abc.abstractmethod
+    def make_optimizers(self) -> dict[str, "torch.optim.Optimizer"]:
+        """One optimiser per trained network, keyed by network name."""
+
+    @abc.abstractmethod
+    def training_step(self, batch: Batch, runner: StepRunner) -> dict[str, float]:
+        """One optimisation step; call ``runner.optimize(net, loss)`` per network; return scalar logs."""
+
+    @abc.abstractmethod
+    def sample(self, masks: "torch.Tensor", vendor: "torch.Tensor", pathology: "torch.Tensor",
+               generator: "torch.Generator | None" = None) -> "torch.Tensor":
+        """Images for the given stencils and labels, (B, 1, H, W) in [-1, 1]."""
+
+    def membership_signal(self, batch: Batch, generator: "torch.Generator | None" = None) -> dict[str, "torch.Tensor"]:
+        """Named per-example white-box signals (higher = better fit). Families without one raise NotImplementedError."""
+        raise NotImplementedError(f"generator {self.name!r} exposes no membership signal")
+
+    @classmethod
+    def has_membership_signal(cls) -> bool:
+        return cls.membership_signal is not Generator.membership_signal
+
+    def to(self, device: Any) -> "Generator":
+        for net in self.nets.values():
+            net.to(device)
+        return self
+
+    def train(self, mode: bool = True) -> "Generator":
+        for net in self.nets.values():
+            net.train(mode)
+        return self
+
+    def eval(self) -> "Generator":
+        return self.train(False)
+
+
+# --------------------------------------------------------------------------------------------------- splits
+@dataclass
+class Split:
+    """Patient ids per role. A patient is in exactly one role. Deterministic from the seed."""
+
+    members: list[str]
+    nonmembers: list[str]
+    reference: list[str]
+    test: list[str]
+    seed: int = 0
+
+    ROLES: ClassVar[tuple[str, ...]] = ("members", "nonmembers", "reference", "test")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Split":
+        return cls(**{k: d[k] for k in ("members", "nonmembers", "reference", "test", "seed")})
+
+    def role_of(self) -> dict[str, str]:
+        return {p: role for role in self.ROLES for p in getattr(self, role)}
+
+
+# --------------------------------------------------------------------------------------------------- audits
+@dataclass
+class AuditContext:
+    """Everything an attack or metric may use for one trained model.
+
+    ``synthetic`` holds the sampled set: its ``patients`` column names the patient whose mask conditioned each
+    image (never a member's by default, see ``meta["mask_source"]``).
+    """
+
+    model: str
+    generator: Generator | None
+    data: SliceTable
+    split: Split
+    synthetic: SliceTable
+    profile: str = "quick"
+    seed: int = 0
+    device: str = "cpu"
+    workdir: Path = Path(".")
+    options: dict[str, Any] = field(default_factory=dict)
+    #: lazily built shared resources (in-domain encoder, segmenter, ...), keyed by name
+    cache: dict[str, Any] = field(default_factory=dict)
+    #: trains a fresh generator of the same kind on given patients (for shadow-model attacks such as LiRA)
+    train_shadow: Callable[[list[str], int], Generator] | None = None
+
+    def part(self, role: str) -> SliceTable:
+        return self.data.select_patients(getattr(self.split, role))
+
+    @property
+    def members(self) -> SliceTable:
+        return self.part("members")
+
+    @property
+    def nonmembers(self) -> SliceTable:
+        return self.part("nonmembers")
+
+    @property
+    def reference(self) -> SliceTable:
+        return self.part("reference")
+
+    @property
+    def test(self) -> SliceTable:
+        return self.part("test")
+
+
+class NotApplicable(Exception):
+    """Raised by an attack or metric that does not apply to this generator (recorded as 'skipped' with the reason)."""
+
+
+@dataclass
+class AttackResult:
+    """Per-example membership scores (higher = more likely a member); every summary comes from cmraudit.stats."""
+
+    member_scores: np.ndarray
+    nonmember_scores: np.ndarray
+    member_patients: np.ndarray
+    nonmember_patients: np.ndarray
+    level: Literal["slice", "patient"] = "slice"
+    details: dict[str, Any] = field(default_factory=dict)
+    #: extra arrays saved beside the scores (e.g. DCR distances, closest pairs' indices)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Attack(abc.ABC):
+    """A privacy attack. ``kind``: "mia" (membership inference), "memorization" or "replay"."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str] = "mia"
+    description: ClassVar[str] = ""
+    #: paper the method follows, shown in the report
+    reference: ClassVar[str] = ""
+
+    def applies_to(self, generator: Generator | None) -> str | None:
+        """None when the attack can run against this generator, else the reason it cannot."""
+        return None
+
+    @abc.abstractmethod
+    def run(self, ctx: AuditContext) -> AttackResult:
+        ...
+
+
+@dataclass
+class MetricValue:
+    value: float
+    direction: Literal["higher", "lower"]
+    ci: tuple[float, float] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Metric(abc.ABC):
+    """A fidelity or utility metric family; ``compute`` returns named values (``{"fd": MetricValue(...)}``)."""
+
+    name: ClassVar[str]
+    category: ClassVar[str] = "fidelity"
+    description: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+
+    def applies_to(self, generator: Generator | None) -> str | None:
+        return None
+
+    @abc.abstractmethod
+    def compute(self, ctx: AuditContext) -> dict[str, MetricValue]:
+        ...
+
+
+# --------------------------------------------------------------------------------------------------- reports
+class ReportSection(abc.ABC):
+    """A section of report.html. ``render`` returns an HTML fragment; escape every string you did not write."""
+
+    name: ClassVar[str]
+    title: ClassVar[str] = ""
+    order: ClassVar[int] = 100
+
+    @abc.abstractmethod
+    def render(self, report: Any) -> str:
+        ...
