@@ -118,7 +118,7 @@ def load_plugins() -> pluggy.PluginManager:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin_name}: {exc}") from None
+        raise PluginError(f"plugin {pm.get_name(exc.plugin) or exc.plugin}: {exc}") from None
     return pm
 
 
