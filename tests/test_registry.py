@@ -139,3 +139,21 @@ def test_plugins_json_lists_builtin_datasets():
     infos = {i["name"]: i for i in json.loads(result.stdout)}
     assert infos["cmraudit.data.sources"]["source"] == "built-in"
     assert set(infos["cmraudit.data.sources"]["registers"]["datasets"]) >= {"phantom", "acdc", "mnms"}
+
+
+def test_plugin_adds_a_command(tmp_path):
+    plugin = tmp_path / "command_plugin.py"
+    plugin.write_text(textwrap.dedent("""
+        from cmraudit import hookimpl
+
+        @hookimpl
+        def cmraudit_register_commands(app):
+            @app.command("hello")
+            def hello(name: str = "heart"):
+                \"\"\"Greet someone.\"\"\"
+                print(f"hello {name}")
+    """))
+    result = _cli("-p", str(plugin), "hello", "--name", "LV")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "hello LV"
+    assert "hello" in _cli("-p", str(plugin), "--help").stdout
