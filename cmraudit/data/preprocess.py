@@ -36,7 +36,7 @@ def normalise(volume: np.ndarray, lo_hi: tuple[float, float]) -> np.ndarray:
 
 def crop_resample(images: np.ndarray, masks: np.ndarray, centre: tuple[float, float],
                   spacing_hw: tuple[float, float], image_size: int, fov_mm: float = FOV_MM) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop a fov_mm square around ``centre`` (zero padding outside the volume) and resample to image_size.
+    """Crop a fov_mm square around ``centre`` (padding -1 outside the volume) and resample to image_size.
 
     Implemented as one affine grid sample per volume, so anisotropic pixels become square in the output.
     """
@@ -56,7 +56,8 @@ def crop_resample(images: np.ndarray, masks: np.ndarray, centre: tuple[float, fl
     if shrink > 1.5:
         k = int(round(shrink)) | 1
         img = F.avg_pool2d(F.pad(img, (k // 2,) * 4, mode="replicate"), k, stride=1)
-    out_img = F.grid_sample(img, grid.float(), mode="bilinear", padding_mode="zeros", align_corners=False)
+    # pad with -1 (the darkest normalised value, like air) rather than 0, which would frame the scan in mid-grey
+    out_img = F.grid_sample(img + 1, grid.float(), mode="bilinear", padding_mode="zeros", align_corners=False) - 1
     msk = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32)).unsqueeze(1)
     out_msk = F.grid_sample(msk, grid.float(), mode="nearest", padding_mode="zeros", align_corners=False)
     return out_img, out_msk.squeeze(1).round().long()
