@@ -30,6 +30,8 @@ DEFAULT_PLUGINS = (
     "cmraudit.plugins.flow",
     "cmraudit.attacks.membership",
     "cmraudit.attacks.memorization",
+    "cmraudit.attacks.lira",
+    "cmraudit.attacks.replay",
     "cmraudit.attacks.fidelity",
     "cmraudit.attacks.utility",
     "cmraudit.reports.html",

@@ -1,0 +1,79 @@
+"""Helpers shared by the built-in privacy attacks: tables to tensors, batched white-box signals, result assembly."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from cmraudit.api import AttackResult, AuditContext, Batch, Generator
+from cmraudit.data.types import SliceTable
+
+SIGNAL_BATCH = 64
+
+
+def option(ctx: AuditContext, name: str, default: Any) -> Any:
+    """An attack option from the run config (``[options]`` table), e.g. ``lira_shadows = 8``."""
+    return (ctx.options or {}).get(name, default)
+
+
+def images(table: SliceTable) -> torch.Tensor:
+    return table.images.float()
+
+
+def pixel_scale(table: SliceTable) -> float:
+    """Distances are reported as l2 / sqrt(H·W): a per-pixel RMS difference, comparable across image sizes."""
+    return float(np.sqrt(table.images.shape[-1] * table.images.shape[-2]))
+
+
+def slice_result(ctx: AuditContext, member_scores: np.ndarray, nonmember_scores: np.ndarray,
+                 details: dict[str, Any] | None = None, arrays: dict[str, np.ndarray] | None = None) -> AttackResult:
+    """An AttackResult with one score per member / non-member slice, in table order."""
+    return AttackResult(np.asarray(member_scores, np.float64), np.asarray(nonmember_scores, np.float64),
+                        ctx.members.patients.copy(), ctx.nonmembers.patients.copy(), level="slice",
+                        details=details or {}, arrays=arrays or {})
+
+
+@torch.no_grad()
+def membership_signals(generator: Generator, table: SliceTable, seed: int, device: str | torch.device = "cpu"
+                       ) -> dict[str, np.ndarray]:
+    """``generator.membership_signal`` over a whole table in batches. The noise stream is seeded once per table
+    with ``seed``, so two tables scored with the same seed see draws from the same distribution."""
+    rng = torch.Generator(device=str(device)).manual_seed(int(seed))
+    out: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(table), SIGNAL_BATCH):
+        batch = Batch.from_table(table, np.arange(start, min(start + SIGNAL_BATCH, len(table)))).to(device)
+        for key, value in generator.membership_signal(batch, rng).items():
+            out.setdefault(key, []).append(value.detach().double().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def reference_z(reference: dict[str, np.ndarray], evaluated: dict[str, np.ndarray]) -> np.ndarray:
+    """Average over signals of each signal standardised by its mean and spread on reference patients: combines a
+    sweep (e.g. noise levels) without choosing among them on labelled data."""
+    zs = []
+    for key, ref in reference.items():
+        spread = ref.std() if ref.std() > 0 else 1.0
+        zs.append((evaluated[key] - ref.mean()) / spread)
+    return np.mean(zs, axis=0)
+
+
+def encoder_features(ctx: AuditContext, tables: list[SliceTable]) -> list[torch.Tensor] | None:
+    """In-domain encoder features for each table, or None when the encoder is unavailable or switched off
+    (option ``features = false``). The encoder is trained on members only, never on non-members."""
+    if not option(ctx, "features", True):
+        return None
+    try:
+        from cmraudit.features import get_encoder
+    except ImportError:
+        return None
+    encoder = get_encoder(ctx)
+    return [encoder.features(images(t)) for t in tables]
+
+
+def generator_or_skip(ctx: AuditContext) -> Generator:
+    from cmraudit.api import NotApplicable
+
+    if ctx.generator is None:
+        raise NotApplicable("needs the trained generator, not only its samples")
+    return ctx.generator

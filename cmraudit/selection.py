@@ -1,0 +1,61 @@
+"""Which attacks a run executes: ``mia`` (every membership-inference attack that applies to the generator), ``all``
+(those plus memorisation and replay) or a comma-separated list of names, groups allowed (``mia,stencil-replay``)."""
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import UsageError
+
+GROUPS = {"mia": ("mia",), "all": ("mia", "memorization", "replay")}
+
+
+def _parse(spec: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    if spec is None:
+        return ["all"]
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    return [p.strip() for p in parts if p and p.strip()]
+
+
+def _group(name: str, generator: Any, attacks: dict[str, type]) -> tuple[list[str], dict[str, str]]:
+    kinds = GROUPS[name]
+    chosen, skipped = [], {}
+    for key in sorted(attacks, key=lambda k: (kinds.index(attacks[k].kind) if attacks[k].kind in kinds else 99, k)):
+        cls = attacks[key]
+        if cls.kind not in kinds:
+            continue
+        reason = cls().applies_to(generator)
+        if reason:
+            skipped[key] = str(reason)
+        else:
+            chosen.append(key)
+    return chosen, skipped
+
+
+def resolve_attacks(spec: str | list[str] | None, generator: Any) -> tuple[list[str], dict[str, str]]:
+    """(attacks to run, {attack: reason} for those a group left out because they do not apply).
+
+    Names given explicitly are returned even when they do not apply, so the run records them as skipped with the
+    attack's own reason; unknown names are a UsageError listing the known ones."""
+    from .registry import registered
+
+    attacks = registered("attacks")
+    chosen: list[str] = []
+    skipped: dict[str, str] = {}
+    for token in _parse(spec):
+        if token in ("none", "off"):
+            continue
+        if token in GROUPS:
+            names, why = _group(token, generator, attacks)
+            skipped.update(why)
+        elif token in attacks:
+            names = [token]
+        else:
+            known = ", ".join([*GROUPS, *sorted(attacks)])
+            raise UsageError(f"unknown attack {token!r} in --attack {spec!r} (known: {known})")
+        chosen.extend(n for n in names if n not in chosen)
+    return chosen, {k: v for k, v in skipped.items() if k not in chosen}
+
+
+def select_attacks(spec: str | list[str] | None, generator: Any) -> list[str]:
+    """The attack names to run for ``spec`` (``mia``, ``all``, ``none`` or comma-separated names and groups)."""
+    return resolve_attacks(spec, generator)[0]

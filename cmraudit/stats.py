@@ -1,0 +1,268 @@
+"""The one implementation of every membership-inference summary: ROC, AUC with a patient bootstrap CI, TPR at low
+FPR, an empirical ε lower bound and the membership advantage, at slice and at patient level.
+
+Conventions: higher score = more likely a member; members are the positive class. Every number here can be
+recomputed from a saved score file with scikit-learn (``roc_curve(..., drop_intermediate=False)``,
+``roc_auc_score``), which the tests check.
+
+References: Carlini et al. 2022, "Membership inference attacks from first principles" (TPR at low FPR, log-scale
+ROC); Jagielski et al. 2020 and Nasr et al. 2021 (empirical ε from Clopper–Pearson bounds on FPR and FNR); Yeom et
+al. 2018 (membership advantage = max TPR − FPR).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FPR_TARGETS: tuple[float, ...] = (0.1, 0.01, 0.001)
+DEFAULT_BOOT = 1000
+DEFAULT_DELTA = 1e-5
+
+
+# --------------------------------------------------------------------------------------------------- ROC
+def _labelled(member: np.ndarray, nonmember: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    member = np.asarray(member, dtype=np.float64).ravel()
+    nonmember = np.asarray(nonmember, dtype=np.float64).ravel()
+    if member.size == 0 or nonmember.size == 0:
+        raise ValueError("ROC statistics need at least one member and one non-member score")
+    if not (np.isfinite(member).all() and np.isfinite(nonmember).all()):
+        raise ValueError("membership scores must be finite")
+    scores = np.concatenate([member, nonmember])
+    labels = np.concatenate([np.ones(member.size), np.zeros(nonmember.size)])
+    return scores, labels
+
+
+def roc_curve(member: np.ndarray, nonmember: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds), one point per distinct score plus the origin (threshold +inf).
+
+    Identical to ``sklearn.metrics.roc_curve(y, s, drop_intermediate=False)``: predicting "member" for
+    ``score >= threshold`` gives the point (fpr, tpr).
+    """
+    scores, labels = _labelled(member, nonmember)
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    last_of_value = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # ties form one point
+    tps = np.cumsum(y)[last_of_value]
+    fps = (last_of_value + 1) - tps
+    tpr = np.r_[0.0, tps / labels.sum()]
+    fpr = np.r_[0.0, fps / (labels.size - labels.sum())]
+    return fpr, tpr, np.r_[np.inf, s[last_of_value]]
+
+
+def auc(member: np.ndarray, nonmember: np.ndarray) -> float:
+    """Area under the ROC curve = P(member score > non-member score) + ½ P(tie) (Mann–Whitney)."""
+    return float(_weighted_auc(*_labelled(member, nonmember), None)[0])
+
+
+def _weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """AUC for each row of ``weights`` (B, N) (frequency weights from a bootstrap); one value if weights is None.
+
+    Vectorised over bootstrap replicates: sort once, sum weights per distinct score, and count for every member
+    the non-member weight strictly below it plus half the tied weight.
+    """
+    w = np.ones((1, scores.size)) if weights is None else np.atleast_2d(weights)
+    order = np.argsort(scores, kind="mergesort")
+    s, y, w = scores[order], labels[order].astype(bool), w[:, order]
+    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
+    w_member = np.add.reduceat(np.where(y, w, 0.0), starts, axis=1)
+    w_non = np.add.reduceat(np.where(y, 0.0, w), starts, axis=1)
+    below = np.cumsum(w_non, axis=1) - w_non
+    total = w_member.sum(1) * w_non.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (w_member * (below + 0.5 * w_non)).sum(1) / total
+
+
+def log_roc_points(member: np.ndarray, nonmember: np.ndarray, max_points: int = 200) -> dict[str, list[float]]:
+    """ROC points for a log–log plot: zero-FPR points dropped (they sit at -inf), thinned to ``max_points``
+    while keeping the low-FPR end, where a log axis puts its resolution."""
+    fpr, tpr, _ = roc_curve(member, nonmember)
+    keep = fpr > 0
+    fpr, tpr = fpr[keep], tpr[keep]
+    if fpr.size > max_points:
+        idx = np.unique(np.geomspace(1, fpr.size, max_points).astype(int) - 1)
+        fpr, tpr = fpr[idx], tpr[idx]
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+
+
+def tpr_at_fpr(member: np.ndarray, nonmember: np.ndarray, target: float) -> dict[str, Any]:
+    """TPR at the largest achieved FPR ≤ ``target``; ``resolvable`` is False when there are fewer than
+    1/target non-members, so the target cannot even be reached by a single false positive."""
+    fpr, tpr, _ = roc_curve(member, nonmember)
+    ok = np.flatnonzero(fpr <= target * (1 + 1e-12))
+    i = ok[-1]  # fpr and tpr are non-decreasing, so the last admissible point has the largest of both
+    n_non = np.asarray(nonmember).size
+    return {"tpr": float(tpr[i]), "achieved_fpr": float(fpr[i]), "resolvable": bool(n_non * target >= 1 - 1e-9)}
+
+
+def advantage(member: np.ndarray, nonmember: np.ndarray) -> float:
+    """Membership advantage max over thresholds of TPR − FPR (Yeom et al. 2018)."""
+    fpr, tpr, _ = roc_curve(member, nonmember)
+    return float(np.max(tpr - fpr))
+
+
+# --------------------------------------------------------------------------------------------------- ε bound
+def clopper_pearson(k: np.ndarray | int, n: int, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Exact two-sided (1 − alpha) binomial confidence interval for k successes out of n."""
+    from scipy.stats import beta
+
+    k = np.asarray(k, dtype=np.float64)
+    lo = np.where(k > 0, beta.ppf(alpha / 2, k, n - k + 1), 0.0)
+    hi = np.where(k < n, beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
+    return np.nan_to_num(lo), np.nan_to_num(hi, nan=1.0)
+
+
+def eps_lower_bound(member: np.ndarray, nonmember: np.ndarray, delta: float = DEFAULT_DELTA,
+                    alpha: float = 0.05) -> float:
+    """Empirical ε lower bound: max over thresholds of log((TPR_lo − δ) / FPR_hi) and of the mirrored
+    log((TNR_lo − δ) / FNR_hi), with Clopper–Pearson bounds (Jagielski et al. 2020; Nasr et al. 2021).
+
+    As in those papers the threshold is maximised over on the same data, so the bound is slightly optimistic;
+    with few examples it is small by construction, which is the honest answer.
+    """
+    fpr, tpr, _ = roc_curve(member, nonmember)
+    n_pos, n_neg = np.asarray(member).size, np.asarray(nonmember).size
+    tp, fp = np.rint(tpr * n_pos), np.rint(fpr * n_neg)
+    tpr_lo, _ = clopper_pearson(tp, n_pos, alpha)
+    _, fpr_hi = clopper_pearson(fp, n_neg, alpha)
+    tnr_lo, _ = clopper_pearson(n_neg - fp, n_neg, alpha)
+    _, fnr_hi = clopper_pearson(n_pos - tp, n_pos, alpha)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.log(np.clip(tpr_lo - delta, 0, None) / fpr_hi)
+        b = np.log(np.clip(tnr_lo - delta, 0, None) / fnr_hi)
+    best = np.nanmax(np.r_[a, b, 0.0][np.isfinite(np.r_[a, b, 0.0])])
+    return float(max(best, 0.0))
+
+
+# --------------------------------------------------------------------------------------------------- patients
+def aggregate_by_patient(scores: np.ndarray, patients: np.ndarray, how: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """Slice scores → one score per patient (``mean`` or ``max``); returns (scores, patient ids sorted)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    ids, inverse = np.unique(np.asarray(patients, dtype=str), return_inverse=True)
+    if how == "mean":
+        out = np.bincount(inverse, weights=scores, minlength=ids.size) / np.bincount(inverse, minlength=ids.size)
+    elif how == "max":
+        out = np.full(ids.size, -np.inf)
+        np.maximum.at(out, inverse, scores)
+    else:
+        raise ValueError(f"unknown patient aggregation {how!r} (use 'mean' or 'max')")
+    return out, ids
+
+
+def _patient_weights(patients: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, N) slice weights: patients drawn with replacement, each drawn patient bringing all its slices."""
+    _, inverse = np.unique(np.asarray(patients, dtype=str), return_inverse=True)
+    n_patients = int(inverse.max()) + 1
+    draws = rng.integers(0, n_patients, size=(n_boot, n_patients))
+    counts = np.zeros((n_boot, n_patients))
+    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1.0)
+    return counts[:, inverse]
+
+
+def auc_ci(member: np.ndarray, nonmember: np.ndarray, member_patients: np.ndarray, nonmember_patients: np.ndarray,
+           n_boot: int = DEFAULT_BOOT, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile CI of the AUC from a stratified bootstrap that resamples patients, not slices: members and
+    non-members are resampled separately (stratified), and a resampled patient contributes all its slices, so
+    slices of one patient are never treated as independent evidence."""
+    scores, labels = _labelled(member, nonmember)
+    rng = np.random.default_rng(seed)
+    weights = np.concatenate([_patient_weights(member_patients, n_boot, rng),
+                              _patient_weights(nonmember_patients, n_boot, rng)], axis=1)
+    values = _weighted_auc(scores, labels, weights)
+    lo, hi = np.nanquantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def cluster_bootstrap_mean(values: np.ndarray, groups: np.ndarray, n_boot: int = DEFAULT_BOOT, seed: int = 0,
+                           alpha: float = 0.05) -> tuple[float, tuple[float, float]]:
+    """Mean of ``values`` with a percentile CI from resampling ``groups`` (e.g. patients) with replacement."""
+    values = np.asarray(values, dtype=np.float64)
+    weights = _patient_weights(groups, n_boot, np.random.default_rng(seed))
+    boot = (weights * values).sum(1) / weights.sum(1)
+    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    return float(values.mean()), (float(lo), float(hi))
+
+
+# --------------------------------------------------------------------------------------------------- summary
+def _block(member: np.ndarray, nonmember: np.ndarray, member_patients: np.ndarray, nonmember_patients: np.ndarray,
+           n_boot: int, seed: int, delta: float) -> dict[str, Any]:
+    return {
+        "auc": auc(member, nonmember),
+        "auc_ci": list(auc_ci(member, nonmember, member_patients, nonmember_patients, n_boot, seed)),
+        "tpr_at_fpr": {str(f): tpr_at_fpr(member, nonmember, f) for f in FPR_TARGETS},
+        "eps_lower_bound": eps_lower_bound(member, nonmember, delta),
+        "advantage": advantage(member, nonmember),
+        "n_members": int(np.asarray(member).size),
+        "n_nonmembers": int(np.asarray(nonmember).size),
+    }
+
+
+def summarize(result: Any, n_boot: int = DEFAULT_BOOT, seed: int = 0, delta: float = DEFAULT_DELTA) -> dict[str, Any]:
+    """The JSON-ready ``attacks`` entry of results.json for one AttackResult.
+
+    Top level: the numbers at the result's own ``level`` (slice or patient). ``patient``: the same numbers after
+    averaging each patient's slice scores (the privacy unit), plus ``by_max`` with max-aggregation. For a result
+    that is already per patient, the patient block repeats the top-level numbers.
+    """
+    m, n = np.asarray(result.member_scores, float), np.asarray(result.nonmember_scores, float)
+    mp, npat = np.asarray(result.member_patients, str), np.asarray(result.nonmember_patients, str)
+    out = _block(m, n, mp, npat, n_boot, seed, delta)
+    out["level"] = result.level
+    patient: dict[str, Any] = {}
+    for how in ("mean", "max"):
+        pm, pm_ids = aggregate_by_patient(m, mp, how)
+        pn, pn_ids = aggregate_by_patient(n, npat, how)
+        block = _block(pm, pn, pm_ids, pn_ids, n_boot, seed, delta)
+        if how == "mean":
+            patient = {**block, "aggregation": "mean"}
+        else:
+            patient["by_max"] = block
+    out["patient"] = patient
+    return _json_ready(out)
+
+
+def _json_ready(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+# --------------------------------------------------------------------------------------------------- score files
+SCORE_ARRAYS = ("member_scores", "nonmember_scores", "member_patients", "nonmember_patients")
+
+
+def save_scores(result: Any, path: Path | str) -> None:
+    """Write a result's scores (and its extra arrays) as .npz, atomically. Patient ids are stored as unicode."""
+    import io
+
+    from .io import atomic_write_bytes
+
+    arrays = {k: np.asarray(getattr(result, k)) for k in SCORE_ARRAYS}
+    arrays["member_patients"] = arrays["member_patients"].astype(str)
+    arrays["nonmember_patients"] = arrays["nonmember_patients"].astype(str)
+    arrays["level"] = np.asarray(result.level)
+    clash = set(arrays) & set(result.arrays)
+    if clash:
+        raise ValueError(f"extra arrays may not reuse the names {sorted(clash)}")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays, **{k: np.asarray(v) for k, v in result.arrays.items()})
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_scores(path: Path | str) -> Any:
+    """An AttackResult rebuilt from a score file written by ``save_scores``."""
+    from .api import AttackResult
+
+    with np.load(path, allow_pickle=False) as z:
+        extra = {k: z[k] for k in z.files if k not in (*SCORE_ARRAYS, "level")}
+        return AttackResult(z["member_scores"], z["nonmember_scores"], z["member_patients"],
+                            z["nonmember_patients"], level=str(z["level"]) if "level" in z.files else "slice",
+                            arrays=extra)

@@ -1,0 +1,68 @@
+"""Exact and near-copy nearest-neighbour search against brute force."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.neighbors import NearestNeighbors
+
+from cmraudit import neighbours as nb
+
+
+def _smooth(n: int, size: int, seed: int) -> torch.Tensor:
+    """Random images with image-like spatial correlation (low-pass filtered noise)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, size, size, generator=g)
+    k = torch.ones(1, 1, 5, 5) / 25
+    return torch.nn.functional.conv2d(x, k, padding=2)[:, 0]
+
+
+def test_knn_matches_sklearn_brute_force_with_small_memory_budget():
+    g = torch.Generator().manual_seed(1)
+    q, r = torch.randn(120, 1, 12, 12, generator=g), torch.randn(300, 1, 12, 12, generator=g)
+    found = nb.knn(q, r, k=4, memory_mb=1)  # forces several chunks
+    dist, idx = NearestNeighbors(n_neighbors=4, algorithm="brute").fit(r.flatten(1)).kneighbors(q.flatten(1))
+    assert (found.index.numpy() == idx).all()
+    np.testing.assert_allclose(found.distance.numpy(), dist, rtol=1e-5)
+
+
+def test_group_nearest_and_count_within():
+    g = torch.Generator().manual_seed(0)
+    q, r = torch.randn(50, 64, generator=g), torch.randn(90, 64, generator=g)
+    groups = np.array([f"p{i % 7}" for i in range(90)])
+    dist, idx, ids = nb.group_nearest(q, r, groups, memory_mb=1)
+    full = torch.cdist(q.double(), r.double())
+    for j, g in enumerate(ids):
+        cols = np.flatnonzero(groups == g)
+        best = full[:, cols].min(1)
+        torch.testing.assert_close(dist[:, j], best.values)
+        assert (idx[:, j].numpy() == cols[best.indices.numpy()]).all()
+    values = full.flatten().sort().values
+    middle = values.numel() // 2
+    radius = float(values[middle] + values[middle + 1]) / 2  # halfway between two distances: no rounding ties
+    assert (nb.count_within(q, r, radius) == (full <= radius).sum(1)).all()
+
+
+def test_near_copy_finds_shifted_flipped_rescaled_copies():
+    refs = _smooth(200, 32, 0)
+    src = torch.arange(0, 200, 3)
+    x = torch.roll(refs[src], shifts=(2, -1), dims=(-2, -1))
+    x[::2] = x[::2].flip(-1)
+    x[1::3] = x[1::3].flip(-2)
+    x = 0.5 * x + 0.3 + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    near = nb.near_copy_knn(x, refs, k=1)
+    assert (near.index[:, 0] == src).all()
+    assert near.distance.max() < 0.2  # the 1% noise is ~10% of these images' contrast
+    plain = nb.knn(x, refs, k=1)
+    assert (plain.index[:, 0] == src).float().mean() < 0.5  # what the plain search misses
+    pair = nb.near_copy_pair_distance(x, refs[src])
+    torch.testing.assert_close(pair, near.distance[:, 0], rtol=1e-4, atol=1e-5)
+
+
+def test_near_copy_distance_is_a_correlation_distance_between_unrelated_images():
+    a, b = _smooth(30, 16, 2), _smooth(30, 16, 3)
+    d = nb.near_copy_pair_distance(a, b, max_shift=0, flips=False)
+    na, nbb = nb.normalise(a).flatten(1), nb.normalise(b).flatten(1)
+    expected = (na - nbb).norm(dim=1).double()
+    torch.testing.assert_close(d, expected, rtol=1e-4, atol=1e-5)
+    dist, idx, _ = nb.near_copy_group_nearest(a, b, np.arange(30) % 5)
+    assert dist.shape == (30, 5) and (dist > 0.3).all()

@@ -1,0 +1,98 @@
+"""cmraudit.stats against scikit-learn, and its edge cases."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from cmraudit import stats
+from cmraudit.api import AttackResult
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_roc_and_auc_match_sklearn(seed, tied):
+    rng = np.random.default_rng(seed)
+    m, n = rng.normal(0.4, 1, 37), rng.normal(0, 1, 53)
+    if tied:
+        m, n = np.round(m), np.round(n)
+    y, s = np.r_[np.ones(m.size), np.zeros(n.size)], np.r_[m, n]
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    ours = stats.roc_curve(m, n)
+    np.testing.assert_allclose(ours[0], fpr)
+    np.testing.assert_allclose(ours[1], tpr)
+    np.testing.assert_allclose(ours[2][1:], thr[1:])
+    assert stats.auc(m, n) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert stats.advantage(m, n) == pytest.approx(np.max(tpr - fpr))
+
+
+def test_tpr_at_fpr_takes_largest_achieved_fpr_below_target():
+    member = np.array([10, 9, 8, 7, 1.0])
+    nonmember = np.arange(10, dtype=float) * 0.5  # 0 .. 4.5, between the fourth and fifth member
+    out = stats.tpr_at_fpr(member, nonmember, 0.1)
+    assert out == {"tpr": 0.8, "achieved_fpr": 0.1, "resolvable": True}
+    assert stats.tpr_at_fpr(member, nonmember, 0.099)["achieved_fpr"] == 0.0
+    assert stats.tpr_at_fpr(member, nonmember, 0.01)["resolvable"] is False  # 10 non-members < 1 / 0.01
+    out = stats.tpr_at_fpr(member, nonmember, 0.25)
+    assert out["achieved_fpr"] == 0.2 and out["tpr"] == 0.8  # 0.2 is the largest achieved FPR ≤ 0.25
+
+
+def test_perfect_separation_and_eps_bound():
+    member, nonmember = np.linspace(1, 2, 200), np.linspace(-2, 0, 200)
+    assert stats.auc(member, nonmember) == 1.0
+    assert stats.tpr_at_fpr(member, nonmember, 0.001)["tpr"] == 1.0
+    # Clopper-Pearson: with 0/200 false positives FPR_hi = 1 - 0.025^(1/200); TPR_lo = 0.025^(1/200)
+    hi = 1 - 0.025 ** (1 / 200)
+    assert stats.eps_lower_bound(member, nonmember, delta=0) == pytest.approx(np.log((1 - hi) / hi), rel=1e-6)
+    assert stats.eps_lower_bound(np.zeros(50), np.zeros(50)) == 0.0
+
+
+def test_clopper_pearson_matches_scipy_binomtest():
+    from scipy.stats import binomtest
+
+    for k, n in [(0, 10), (3, 10), (10, 10), (17, 120)]:
+        ci = binomtest(k, n).proportion_ci(0.95, method="exact")
+        lo, hi = stats.clopper_pearson(k, n)
+        assert (float(lo), float(hi)) == pytest.approx((ci.low, ci.high), abs=1e-9)
+
+
+def test_patient_aggregation():
+    scores, patients = np.array([1.0, 3.0, 5.0, 0.0]), np.array(["b", "b", "a", "c"])
+    mean, ids = stats.aggregate_by_patient(scores, patients, "mean")
+    assert ids.tolist() == ["a", "b", "c"] and mean.tolist() == [5.0, 2.0, 0.0]
+    assert stats.aggregate_by_patient(scores, patients, "max")[0].tolist() == [5.0, 3.0, 0.0]
+
+
+def test_bootstrap_resamples_patients_not_slices():
+    """Ten patients per side whose 50 slices are identical: the evidence is 10 vs 10, not 500 vs 500."""
+    rng = np.random.default_rng(0)
+    pm, pn = rng.normal(0.5, 1, 10), rng.normal(0, 1, 10)
+    m, n = np.repeat(pm, 50), np.repeat(pn, 50)
+    by_patient = stats.auc_ci(m, n, np.repeat(np.arange(10), 50), np.repeat(np.arange(10, 20), 50), n_boot=500)
+    by_slice = stats.auc_ci(m, n, np.arange(500), np.arange(500, 1000), n_boot=500)
+    patient_level = stats.auc_ci(pm, pn, np.arange(10), np.arange(10, 20), n_boot=500)
+    assert by_patient[1] - by_patient[0] > 3 * (by_slice[1] - by_slice[0])
+    assert by_patient == pytest.approx(patient_level, abs=0.08)
+
+
+def test_summarize_fields_and_score_file_roundtrip(tmp_path):
+    rng = np.random.default_rng(3)
+    result = AttackResult(rng.normal(1, 1, 40), rng.normal(0, 1, 30), np.repeat(np.arange(8), 5).astype(str),
+                          np.repeat(np.arange(8, 14), 5).astype(str), arrays={"extra": np.arange(3)})
+    out = stats.summarize(result, n_boot=200)
+    assert set(out) == {"auc", "auc_ci", "tpr_at_fpr", "eps_lower_bound", "advantage", "level", "n_members",
+                        "n_nonmembers", "patient"}
+    assert set(out["tpr_at_fpr"]) == {"0.1", "0.01", "0.001"}
+    assert out["patient"]["n_members"] == 8 and out["patient"]["aggregation"] == "mean"
+    assert out["auc_ci"][0] <= out["auc"] <= out["auc_ci"][1]
+    stats.save_scores(result, tmp_path / "s.npz")
+    again = stats.load_scores(tmp_path / "s.npz")
+    assert stats.summarize(again, n_boot=200) == out
+    assert again.arrays["extra"].tolist() == [0, 1, 2]
+
+
+def test_rejects_empty_or_non_finite():
+    with pytest.raises(ValueError):
+        stats.auc(np.array([]), np.array([1.0]))
+    with pytest.raises(ValueError):
+        stats.auc(np.array([np.nan]), np.array([1.0]))
