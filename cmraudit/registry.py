@@ -133,7 +133,7 @@ def _collect(kind: str) -> dict[str, tuple[Any, str]]:
     load_plugins()
     hook = getattr(pm.hook, f"cmraudit_register_{kind}")
     found: dict[str, tuple[Any, str]] = {}
-    for impl in reversed(hook.get_hookimpls()):  # registration order
+    for impl in hook.get_hookimpls():  # registration order (pluggy calls them in reverse)
         plugin = impl.plugin_name
 
         def register(obj: Any, name: str | None = None, _plugin: str = plugin) -> None:

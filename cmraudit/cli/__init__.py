@@ -66,8 +66,24 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _one_line_data_warnings() -> None:
+    """A skipped patient is one stderr line (``cmraudit: warning: ...``), wherever in a command it happens."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if category.__name__ == "DataWarning":
+            typer.echo(f"cmraudit: warning: {message}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _one_line_data_warnings()
     torch_threads = os.environ.get("CMRAUDIT_THREADS")
     if torch_threads:
         os.environ.setdefault("OMP_NUM_THREADS", torch_threads)

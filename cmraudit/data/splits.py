@@ -17,38 +17,50 @@ DEFAULT_FRACTIONS = {"members": 0.4, "nonmembers": 0.2, "reference": 0.2, "test"
 
 
 def make_split(table: SliceTable, seed: int = 0, fractions: dict[str, float] | None = None) -> Split:
-    """Assign each patient one role, stratified by (vendor, pathology), deterministic from ``seed``.
+    """Assign each patient one role, stratified by pathology then vendor, deterministic from ``seed``.
 
-    Within each stratum patients are shuffled and dealt to the roles by largest remainder, so small strata still
-    spread over the roles and the totals match ``fractions`` as closely as integers allow.
+    Patients are laid out pathology by pathology (pathologies in a seeded random order; within one, vendors
+    interleaved, patients shuffled) and dealt to the roles one at a time: each goes to the role furthest below its target
+    share, summed over the totals, the patient's pathology and the patient's vendor (sequential largest-remainder
+    apportionment on three margins). Every role thus receives a spread of pathologies and vendors, and the role
+    totals stay within a patient or two of ``fractions``.
     """
     fractions = dict(fractions or DEFAULT_FRACTIONS)
     if set(fractions) != set(Split.ROLES) or any(f < 0 for f in fractions.values()) or sum(fractions.values()) <= 0:
         raise ConfigError(f"split fractions need the roles {', '.join(Split.ROLES)} with non-negative values")
     total = sum(fractions.values())
     weights = np.array([fractions[r] / total for r in Split.ROLES])
-    labels = table.patient_labels()
-    strata: dict[tuple[str, str], list[str]] = {}
-    for patient in sorted(labels):
-        strata.setdefault(labels[patient], []).append(patient)
     rng = np.random.default_rng(seed)
+    labels = table.patient_labels()
     assigned: dict[str, list[str]] = {r: [] for r in Split.ROLES}
-    # carry the fractional remainders across strata so totals stay close to the targets
-    debt = np.zeros(len(Split.ROLES))
-    for key in sorted(strata):
-        patients = strata[key]
-        rng.shuffle(patients)
-        want = weights * len(patients) + debt
-        counts = np.floor(want).astype(int)
-        rest = len(patients) - counts.sum()
-        order = np.argsort(-(want - counts), kind="stable")
-        counts[order[:rest]] += 1
-        debt = want - counts
-        start = 0
-        for role, c in zip(Split.ROLES, counts):
-            assigned[role].extend(patients[start:start + c])
-            start += c
+    # running role counts overall, per pathology and per vendor: each patient goes where the sum of deficits is largest
+    counts: dict[object, np.ndarray] = {}
+    for patient in _stratified_order(labels, rng):
+        vendor, pathology = labels[patient]
+        keys = ("all", ("pathology", pathology), ("vendor", vendor))
+        tallies = [counts.setdefault(key, np.zeros(len(Split.ROLES))) for key in keys]
+        # the overall total counts double so role sizes stay on target
+        deficit = sum(w * (weights * (t.sum() + 1) - t) for w, t in zip((2.0, 1.0, 1.0), tallies))
+        role = int(np.argmax(deficit))
+        for t in tallies:
+            t[role] += 1
+        assigned[Split.ROLES[role]].append(patient)
     return Split(*(sorted(assigned[r]) for r in Split.ROLES), seed=seed)
+
+
+def _stratified_order(labels: dict[str, tuple[str, str]], rng: np.random.Generator) -> list[str]:
+    """Patients grouped by pathology, vendors round-robin inside each group, everything shuffled by ``rng``."""
+    by_pathology: dict[str, dict[str, list[str]]] = {}
+    for patient in sorted(labels):
+        vendor, pathology = labels[patient]
+        by_pathology.setdefault(pathology, {}).setdefault(vendor, []).append(patient)
+    order: list[str] = []
+    for pathology in rng.permutation(sorted(by_pathology)).tolist():
+        vendors = by_pathology[pathology]
+        queues = [list(rng.permutation(vendors[v])) for v in rng.permutation(sorted(vendors)).tolist()]
+        while any(queues):
+            order.extend(q.pop() for q in queues if q)
+    return order
 
 
 def save_split(split: Split, path: Path) -> None:
