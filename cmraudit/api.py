@@ -125,6 +125,11 @@ class Generator(abc.ABC):
         return {}
 
     @classmethod
+    def train_overrides(cls, profile: str) -> dict[str, Any]:
+        """TrainConfig overrides for a profile (e.g. ``{"steps": 600}``), applied over the loop's profile defaults."""
+        return {}
+
+    @classmethod
     def make_config(cls, profile: str = "quick", overrides: dict[str, Any] | None = None) -> Any:
         from .config import build_dataclass
 

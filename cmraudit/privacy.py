@@ -1,0 +1,202 @@
+"""Differential privacy: configuration, noise calibration, accounting and patient-level Poisson sampling.
+
+DP-SGD (Abadi et al., "Deep Learning with Differential Privacy", CCS 2016): every step samples a batch by Poisson
+sampling with rate q, clips each example's gradient to norm C, adds N(0, σ²C²) noise to the sum and divides by the
+expected batch size. The (ε, δ) spent after T steps comes from Opacus' accountants: PRV (Gopi et al., "Numerical
+Composition of Differential Privacy", NeurIPS 2021; the default, tightest) or RDP (Mironov, "Rényi Differential
+Privacy of the Sampled Gaussian Mechanism", 2019).
+
+The privacy unit is the patient. ``PoissonSampler`` includes each patient independently with probability
+q = expected_batch / n_patients and takes one uniformly random slice of each included patient, so every patient
+contributes at most one example (one clipped gradient) per step and the accountant's ε is a per-patient guarantee.
+``unit="slice"`` samples slices instead (q over slices): its ε protects one slice only; a patient with k slices is
+then protected only at the much weaker group-privacy level of k slices. It is offered for comparison, labelled as
+such in every record.
+
+δ defaults to min(1e-5, 0.1 / n_units): δ must be well below 1/n, else "release one random record in full" would
+satisfy the guarantee. An explicit δ ≥ 1/n_units is refused.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .data.types import SliceTable
+from .errors import ConfigError
+
+ACCOUNTANTS = ("prv", "rdp")
+UNITS = ("patient", "slice")
+GRAD_SAMPLE_MODES = ("fast", "hooks", "functorch")
+DEFAULT_DELTA = 1e-5
+
+#: An Opacus accountant history: (noise multiplier, sample rate, number of steps) segments.
+History = Sequence[tuple[float, float, int]]
+
+
+@dataclass
+class DPConfig:
+    """DP-SGD settings. Exactly one of ``epsilon`` (σ is calibrated to reach it) or ``noise_multiplier`` is set.
+
+    grad_sample_mode: how per-example gradients are computed: "fast" (Opacus hooks with grouped-convolution Conv2d
+    gradients, ``cmraudit.grad_sample``), "hooks" (Opacus' stock per-layer formulas) or "functorch" (vmap over every
+    layer). All three are exact; the choice changes speed, never the guarantee.
+    """
+
+    epsilon: float | None = None
+    noise_multiplier: float | None = None
+    delta: float | None = None
+    max_grad_norm: float = 1.0
+    accountant: str = "prv"
+    unit: str = "patient"
+    grad_sample_mode: str = "fast"
+
+    def validate(self) -> "DPConfig":
+        if (self.epsilon is None) == (self.noise_multiplier is None):
+            raise ConfigError("dp: set exactly one of epsilon (--dp-epsilon) or noise_multiplier (--dp-noise)")
+        if self.epsilon is not None and not self.epsilon > 0:
+            raise ConfigError(f"dp.epsilon must be > 0, got {self.epsilon}")
+        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
+            raise ConfigError(f"dp.noise_multiplier must be > 0, got {self.noise_multiplier}")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise ConfigError(f"dp.delta must be in (0, 1), got {self.delta}")
+        if not self.max_grad_norm > 0:
+            raise ConfigError(f"dp.max_grad_norm must be > 0, got {self.max_grad_norm}")
+        for key, allowed in (("accountant", ACCOUNTANTS), ("unit", UNITS), ("grad_sample_mode", GRAD_SAMPLE_MODES)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"dp.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        return self
+
+    def for_units(self, n_units: int) -> "DPConfig":
+        """A validated copy with δ resolved for a data set of ``n_units`` patients (or slices)."""
+        self.validate()
+        if n_units < 1:
+            raise ConfigError("dp: no training data to protect")
+        delta = self.delta if self.delta is not None else min(DEFAULT_DELTA, 0.1 / n_units)
+        if delta >= 1.0 / n_units:
+            raise ConfigError(f"dp.delta={delta:g} is not below 1/n = {1.0 / n_units:g} ({n_units} {self.unit}s): "
+                              "the guarantee would be meaningless")
+        return dataclasses.replace(self, delta=delta)
+
+    def record(self, noise_multiplier: float, sample_rate: float, steps: int,
+               epsilon: float | None = None) -> dict[str, Any]:
+        """The ``dp`` block of training.json / results.json. ε is recomputed from (σ, q, steps, δ) when not given."""
+        if self.delta is None:
+            raise ConfigError("dp: resolve delta with for_units(n) before recording")
+        if epsilon is None:
+            epsilon = epsilon_spent(self.accountant, [(noise_multiplier, sample_rate, steps)], self.delta)
+        return {"epsilon": float(epsilon), "delta": float(self.delta), "noise_multiplier": float(noise_multiplier),
+                "sample_rate": float(sample_rate), "steps": int(steps), "max_grad_norm": float(self.max_grad_norm),
+                "accountant": self.accountant, "unit": self.unit}
+
+
+def make_accountant(name: str, history: History | None = None) -> Any:
+    """A fresh Opacus accountant ("prv" or "rdp"), optionally continuing a saved history."""
+    from opacus.accountants import create_accountant
+
+    accountant = create_accountant(mechanism=name)
+    accountant.history = [(float(s), float(q), int(n)) for s, q, n in (history or [])]
+    return accountant
+
+
+def epsilon_spent(accountant: str, history: History, delta: float) -> float:
+    """ε after the steps in ``history`` at ``delta``; 0 before the first step."""
+    if not history or sum(int(n) for _, _, n in history) == 0:
+        return 0.0
+    if any(not 0 < q <= 1 for _, q, _ in history):
+        raise ConfigError("dp: sample rates must lie in (0, 1]")
+    with _quiet():
+        return float(make_accountant(accountant, history).get_epsilon(delta=delta))
+
+
+def calibrate(dp: DPConfig, sample_rate: float, steps: int) -> float:
+    """The noise multiplier σ of the per-step mechanism: given, or the smallest σ reaching ``dp.epsilon``.
+
+    Uses Opacus' ``get_noise_multiplier`` (binary search on the same accountant that records ε afterwards), so
+    the recorded ε is at most the target (within its 0.01 tolerance).
+    """
+    if dp.noise_multiplier is not None:
+        return float(dp.noise_multiplier)
+    if dp.delta is None:
+        raise ConfigError("dp: resolve delta with for_units(n) before calibrating")
+    from opacus.accountants.utils import get_noise_multiplier
+
+    try:
+        with _quiet():
+            return float(get_noise_multiplier(target_epsilon=dp.epsilon, target_delta=dp.delta,
+                                              sample_rate=sample_rate, steps=steps, accountant=dp.accountant,
+                                              epsilon_tolerance=0.01))
+    except ValueError as exc:
+        raise ConfigError(f"dp: cannot reach epsilon={dp.epsilon} at delta={dp.delta:g} with q={sample_rate:.4g} "
+                          f"over {steps} steps ({exc})") from None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Opacus' RDP analysis warns when its largest order is optimal; the bound stays valid, the library is silent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        yield
+
+
+def releases_noise(noise_multiplier: float, releases_per_step: int) -> float:
+    """Noise multiplier of each of k Gaussian releases on the same batch, given the per-step mechanism's σ.
+
+    k releases with sensitivity C and noise σ_k·C on one sampled batch compose (adaptively) to one Gaussian
+    mechanism with sensitivity √k·C (Dong, Roth & Su, "Gaussian Differential Privacy", 2022, Cor. 3.3), i.e. a
+    per-step noise multiplier σ = σ_k/√k. A GAN whose generator and discriminator both see private data makes
+    k = 2 releases per step.
+    """
+    return float(noise_multiplier) * math.sqrt(releases_per_step)
+
+
+# --------------------------------------------------------------------------------------------------- sampling
+class PoissonSampler:
+    """Poisson sampling of patients (one random slice each) or of slices, for DP-SGD.
+
+    Every call returns the table rows of one step's batch; the batch is empty with probability (1 − q)^n.
+    """
+
+    def __init__(self, table: SliceTable, expected_batch: int, unit: str, generator: torch.Generator) -> None:
+        if unit not in UNITS:
+            raise ConfigError(f"dp.unit must be one of {', '.join(UNITS)}, got {unit!r}")
+        self.unit = unit
+        self.generator = generator
+        if unit == "patient":
+            groups = list(table.patient_rows().values())
+            self._starts = torch.tensor([0] + [len(g) for g in groups]).cumsum(0)[:-1]
+            self._sizes = torch.tensor([len(g) for g in groups])
+            self._rows = torch.from_numpy(np.concatenate(groups))
+        self.n_units = len(table.patient_ids) if unit == "patient" else len(table)
+        self.sample_rate = min(1.0, expected_batch / self.n_units)
+
+    @property
+    def expected_batch(self) -> float:
+        return self.sample_rate * self.n_units
+
+    def __call__(self) -> torch.Tensor:
+        included = torch.rand(self.n_units, generator=self.generator) < self.sample_rate
+        if self.unit == "slice":
+            return torch.nonzero(included).flatten()
+        units = torch.nonzero(included).flatten()
+        # one slice per sampled patient, uniformly among that patient's slices
+        offset = (torch.rand(len(units), generator=self.generator) * self._sizes[units]).long()
+        return self._rows[self._starts[units] + offset]
+
+
+class UniformSampler:
+    """Non-private training: ``batch_size`` distinct random slices per step (all slices when fewer)."""
+
+    def __init__(self, table: SliceTable, batch_size: int, generator: torch.Generator) -> None:
+        self.n = len(table)
+        self.batch_size = min(batch_size, self.n)
+        self.generator = generator
+
+    def __call__(self) -> torch.Tensor:
+        return torch.randperm(self.n, generator=self.generator)[: self.batch_size]

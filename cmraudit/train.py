@@ -1,0 +1,309 @@
+"""The one training loop for every generator family, with or without DP, on CPU or GPU, resumable.
+
+    result = train(generator, members_table, TrainConfig.for_profile("quick", type(generator)), run / "diffusion",
+                   dp=DPConfig(epsilon=8.0), callback=progress)
+    generator = load_trained(run / "diffusion")          # later, in another process
+
+``train`` writes ``checkpoints/step_*.pt`` every ``checkpoint_every`` steps and at the end, then ``training.json``.
+Calling it again on the same folder resumes from the newest checkpoint (same step counter, same RNG streams, same
+privacy accountant), or returns the recorded result at once when the run has finished. The library prints nothing:
+progress goes to ``callback(step=, total=, logs=)`` (called with keywords).
+
+Batches: non-DP runs draw ``batch_size`` random slices per step; DP runs use Poisson sampling of patients (one slice
+each) with expected batch ``batch_size``, see ``cmraudit.privacy``.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .api import PROFILES, Batch, Conditioning, Generator
+from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from .config import as_dict, build_dataclass
+from .data.types import SliceTable
+from .device import amp_dtype, describe, select_device
+from .errors import ConfigError, DataError, PluginError, RunError
+from .io import atomic_write_text
+from .privacy import (DPConfig, PoissonSampler, UniformSampler, calibrate, epsilon_spent, make_accountant,
+                      releases_noise)
+from .runner import EMA, LoopRunner
+
+Callback = Callable[[int, int, dict[str, float]], None]
+
+#: Per-profile defaults; a generator may change them through ``Generator.train_overrides(profile)``.
+PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "smoke": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "ema_decay": 0.9},
+    "quick": {"steps": 300, "batch_size": 16, "checkpoint_every": 100, "ema_decay": 0.995},
+    "standard": {"steps": 20000, "batch_size": 64, "checkpoint_every": 1000, "ema_decay": 0.9999},
+}
+#: TrainConfig fields that must match for a run folder to be resumed (device and checkpoint_every may change).
+_RUN_IDENTITY = ("steps", "batch_size", "ema_decay", "grad_clip", "seed")
+_LOG_WINDOW = 20
+
+
+@dataclass
+class TrainConfig:
+    """Loop settings shared by every generator (learning rates live in each generator's Config).
+
+    amp: bf16/fp16 autocast, used on CUDA only. grad_clip: global gradient-norm clip for non-DP updates (0 = off;
+    DP clips per example to ``DPConfig.max_grad_norm`` instead). device: None = cuda > mps > cpu.
+    """
+
+    steps: int = 300
+    batch_size: int = 16
+    checkpoint_every: int = 100
+    ema_decay: float = 0.995
+    amp: bool = True
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str | None = None
+
+    @classmethod
+    def for_profile(cls, profile: str = "quick", generator_cls: type[Generator] | None = None,
+                    overrides: dict[str, Any] | None = None) -> "TrainConfig":
+        """Profile defaults, then the generator's ``train_overrides(profile)``, then ``overrides`` (TOML / CLI)."""
+        if profile not in PROFILES:
+            raise ConfigError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
+        hints = getattr(generator_cls, "train_overrides", None)
+        values = {**PROFILE_DEFAULTS[profile], **(hints(profile) if hints else {}), **(overrides or {})}
+        return build_dataclass(cls, values, owner="train").validate()
+
+    def validate(self) -> "TrainConfig":
+        for key in ("steps", "batch_size", "checkpoint_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"train.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        return self
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    dp: dict[str, Any] | None
+    logs: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainResult":
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+def train(generator: Generator, table: SliceTable, config: TrainConfig, out_dir: Path,
+          dp: DPConfig | None = None, callback: Callback | None = None) -> TrainResult:
+    """Train ``generator`` on every slice of ``table`` (pass members only), resuming whatever ``out_dir`` holds.
+
+    On return the generator holds its sampling weights (EMA where it has ``ema_networks()``), unwrapped and in eval
+    mode: exactly what ``load_trained(out_dir)`` rebuilds.
+    """
+    out_dir, config = Path(out_dir), config.validate()
+    if len(table) == 0:
+        raise DataError(f"{out_dir}: no training slices")
+    identity = _identity(generator, config, dp)
+    if (out_dir / "training.json").is_file():
+        return _finished(generator, out_dir, identity, config)
+    saved = latest_checkpoint(out_dir / "checkpoints")
+    if saved:
+        _check_identity(saved[0], saved[1]["identity"], identity)
+    state = saved[1] if saved else None
+
+    device = select_device(config.device)
+    dtype = amp_dtype(device, config.amp, private=dp is not None)
+    generator.to(device).train()
+    optimizers = generator.make_optimizers()
+    runner = LoopRunner(generator, optimizers, device, dtype, config.grad_clip,
+                        EMA({n: generator.nets[n] for n in generator.ema_networks()}, config.ema_decay))
+    rng = torch.Generator()
+    private = _private_plan(generator, optimizers, table, config, dp, rng, state)
+    sampler = private["sampler"] if private else UniformSampler(table, config.batch_size, rng)
+    accountant = make_accountant(dp.accountant, state["dp"]["history"] if state else None) if private else None
+
+    step, seconds, window = 0, 0.0, collections.deque(maxlen=_LOG_WINDOW)
+    last = saved[0] if saved else None  # a run killed between its final checkpoint and training.json
+    if state:
+        for name, sd in state["nets"].items():
+            generator.nets[name].load_state_dict(sd)
+        runner.load_state_dict(state["runner"])
+        set_rng_state(state["rng"], rng)
+        step, seconds = state["step"], state["seconds"]
+        window.extend(state["logs"])
+    else:
+        seed_everything(config.seed, rng)
+
+    columns = (table.images, table.masks, table.vendor_indices(), table.pathology_indices())
+    started = time.perf_counter()
+
+    def checkpoint() -> Path:
+        ckpt = {"identity": identity, "seconds": seconds + time.perf_counter() - started, "logs": list(window),
+                "generator": generator.name, "generator_config": _plain(as_dict(generator.config)),
+                "conditioning": dataclasses.asdict(generator.conditioning),
+                "nets": {n: _unwrapped(generator, n).state_dict() for n in generator.nets},
+                "runner": runner.state_dict(), "rng": rng_state(rng),
+                "dp": _dp_state(private, accountant)}
+        return save_checkpoint(out_dir / "checkpoints", step, ckpt)
+
+    try:
+        if private:
+            runner.make_private(private["networks"], private["per_network_sigma"], dp.max_grad_norm,
+                                private["sampler"].expected_batch, dp.grad_sample_mode)
+        while step < config.steps:
+            rows = sampler()
+            if len(rows) == 0:
+                runner.noise_only_step()
+                logs: dict[str, float] = {}
+            else:
+                batch = Batch(*(c[rows] for c in columns)).to(device)
+                runner.begin_step(len(rows))
+                logs = {k: float(v) for k, v in generator.training_step(batch, runner).items()}
+            if accountant is not None:
+                accountant.step(noise_multiplier=private["sigma"], sample_rate=sampler.sample_rate)
+            step += 1
+            window.append(logs)
+            logs = {**logs, "batch": float(len(rows))}
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                last = checkpoint()
+                if private:
+                    logs["epsilon"] = private["dp"].record(private["sigma"], sampler.sample_rate, step)["epsilon"]
+            if callback:
+                callback(step=step, total=config.steps, logs=logs)
+    finally:
+        runner.release()
+
+    seconds += time.perf_counter() - started
+    _use_sampling_weights(generator, runner.ema.state_dict()["nets"])
+    record = private["dp"].record(private["sigma"], sampler.sample_rate, step, epsilon_spent(
+        private["dp"].accountant, accountant.history, private["dp"].delta)) if private else None
+    result = TrainResult(step, round(seconds, 3), record, _mean_logs(window), describe(device))
+    summary = {**result.to_dict(), "generator": generator.name, "checkpoint": str(last.relative_to(out_dir)),
+               "amp": str(dtype).replace("torch.", "") if dtype else None, "identity": identity,
+               "dp_mechanism": _dp_mechanism(private)}
+    atomic_write_text(out_dir / "training.json", json.dumps(summary, indent=2) + "\n")
+    return result
+
+
+def load_trained(out_dir: Path, generator_cls_or_name: type[Generator] | str | None = None,
+                 device: str | None = None) -> Generator:
+    """Rebuild a finished run's generator from its saved config with its sampling (EMA) weights, in eval mode."""
+    out_dir = Path(out_dir)
+    summary = _read_summary(out_dir)
+    state = load_checkpoint(out_dir / summary["checkpoint"])
+    cls = generator_cls_or_name
+    if cls is None or isinstance(cls, str):
+        from .registry import get
+
+        cls = get("generators", cls or state["generator"])
+    config = build_dataclass(cls.Config, state["generator_config"], owner=cls.name)
+    generator = cls(config, Conditioning(**state["conditioning"]))
+    _load_final(generator, state)
+    return generator.to(select_device(device)).eval()
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def _private_plan(generator: Generator, optimizers: dict, table: SliceTable, config: TrainConfig,
+                  dp: DPConfig | None, rng: torch.Generator, state: dict | None) -> dict[str, Any] | None:
+    """Sampler, resolved DPConfig and noise for a DP run (None without DP)."""
+    if dp is None:
+        return None
+    networks = tuple(generator.private_networks())
+    missing = [n for n in networks if n not in optimizers or n not in generator.nets]
+    if not networks or missing:
+        raise PluginError(f"generator {generator.name!r}: private_networks() {list(networks)} must be non-empty "
+                          f"networks with optimisers (missing: {missing})")
+    sampler = PoissonSampler(table, config.batch_size, dp.unit, rng)
+    resolved = dp.for_units(sampler.n_units)
+    # on resume, reuse the recorded σ rather than re-running the calibration
+    sigma = state["dp"]["noise_multiplier"] if state else calibrate(resolved, sampler.sample_rate, config.steps)
+    return {"sampler": sampler, "dp": resolved, "networks": networks, "sigma": sigma,
+            "per_network_sigma": releases_noise(sigma, len(networks))}
+
+
+def _dp_state(private: dict | None, accountant: Any) -> dict[str, Any] | None:
+    if not private:
+        return None
+    return {"noise_multiplier": private["sigma"], "sample_rate": private["sampler"].sample_rate,
+            "delta": private["dp"].delta, "history": [list(h) for h in accountant.history]}
+
+
+def _dp_mechanism(private: dict | None) -> dict[str, Any] | None:
+    """How the recorded per-step σ is spent: one Gaussian release per private network (see releases_noise)."""
+    if not private:
+        return None
+    return {"private_networks": list(private["networks"]), "per_network_noise_multiplier": private["per_network_sigma"],
+            "expected_batch": private["sampler"].expected_batch, "grad_sample_mode": private["dp"].grad_sample_mode}
+
+
+def _identity(generator: Generator, config: TrainConfig, dp: DPConfig | None) -> dict[str, Any]:
+    """What makes two calls the same run: generator, its config, loop settings and DP settings as given."""
+    dp_dict = None if dp is None else {k: v for k, v in dataclasses.asdict(dp).items() if k != "grad_sample_mode"}
+    return _plain({"generator": generator.name, "generator_config": as_dict(generator.config),
+                   "train": {k: getattr(config, k) for k in _RUN_IDENTITY}, "dp": dp_dict})
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like plain data (tuples as lists, other objects as strings): loadable with weights_only=True."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _check_identity(where: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    diffs = [k for k in current if _plain(saved.get(k)) != current[k]]
+    if diffs:
+        raise RunError(f"{where}: holds a run with different {', '.join(diffs)} settings; "
+                       "resume it with the same settings or train into a new folder")
+
+
+def _finished(generator: Generator, out_dir: Path, identity: dict, config: TrainConfig) -> TrainResult:
+    summary = _read_summary(out_dir)
+    _check_identity(out_dir / "training.json", summary.get("identity", {}), identity)
+    _load_final(generator, load_checkpoint(out_dir / summary["checkpoint"]))
+    generator.to(select_device(config.device)).eval()
+    return TrainResult.from_dict(summary)
+
+
+def _read_summary(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / "training.json"
+    if not path.is_file():
+        raise RunError(f"{out_dir}: training has not finished (no training.json); run the same train command again "
+                       "to resume it")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _load_final(generator: Generator, state: dict[str, Any]) -> None:
+    for name, sd in state["nets"].items():
+        generator.nets[name].load_state_dict(sd)
+    _use_sampling_weights(generator, state["runner"]["ema"]["nets"])
+
+
+def _use_sampling_weights(generator: Generator, ema_nets: dict[str, dict]) -> None:
+    for name, sd in ema_nets.items():
+        generator.nets[name].load_state_dict(sd)
+    generator.eval()
+
+
+def _unwrapped(generator: Generator, name: str) -> torch.nn.Module:
+    from .runner import unwrap
+
+    return unwrap(generator.nets[name])
+
+
+def _mean_logs(window: Any) -> dict[str, float]:
+    sums: dict[str, list[float]] = {}
+    for logs in window:
+        for k, v in logs.items():
+            sums.setdefault(k, []).append(v)
+    return {k: sum(v) / len(v) for k, v in sums.items()}

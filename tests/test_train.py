@@ -1,0 +1,165 @@
+"""The training loop: profiles, devices, checkpoints, EMA sampling weights, finished-run reuse, CUDA + AMP."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cmraudit.checkpoint import list_checkpoints
+from cmraudit.device import amp_dtype, select_device
+from cmraudit.errors import ConfigError, PluginError, RunError
+from cmraudit.privacy import DPConfig
+from cmraudit.train import PROFILE_DEFAULTS, TrainConfig, TrainResult, load_trained, train
+from tiny_generator import TinyDenoiser, TinyPair, build, tiny_table
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (AMP runs on CUDA only)")
+
+
+def _sample(gen, table, seed=0):
+    n = 4
+    return gen.sample(table.masks[:n], table.vendor_indices()[:n], table.pathology_indices()[:n],
+                      generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------------------------------- config
+def test_profiles_merge_generator_hints_and_overrides():
+    assert TrainConfig.for_profile("smoke").steps == PROFILE_DEFAULTS["smoke"]["steps"]
+    config = TrainConfig.for_profile("smoke", TinyDenoiser, {"batch_size": "8"})
+    assert (config.steps, config.batch_size) == (6, 8)  # the generator's hint, then the CLI's string override
+    assert TrainConfig.for_profile("standard").batch_size > TrainConfig.for_profile("quick").batch_size
+    with pytest.raises(ConfigError, match="unknown setting"):
+        TrainConfig.for_profile("quick", overrides={"stepz": 3})
+    with pytest.raises(ConfigError, match="profile"):
+        TrainConfig.for_profile("huge")
+    with pytest.raises(ConfigError, match="steps"):
+        TrainConfig(steps=0).validate()
+
+
+def test_device_selection_and_amp_choice():
+    assert select_device("cpu").type == "cpu"
+    assert select_device(None).type == ("cuda" if torch.cuda.is_available() else select_device(None).type)
+    assert amp_dtype(torch.device("cpu")) is None  # AMP is a CUDA-only feature here
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            select_device("cuda")
+    with pytest.raises(ConfigError, match="--device"):
+        select_device("tpu")
+
+
+# --------------------------------------------------------------------------------------------------- runs
+def test_training_writes_checkpoints_summary_and_learns(tmp_path):
+    seen = []
+    table = tiny_table()
+    config = TrainConfig(steps=30, batch_size=6, checkpoint_every=10, device="cpu")
+    gen = build(TinyDenoiser)
+    result = train(gen, table, config, tmp_path, callback=lambda step, total, logs: seen.append((step, total, logs)))
+    assert [s for s, _, _ in seen] == list(range(1, 31)) and {t for _, t, _ in seen} == {30}
+    assert seen[-1][2]["batch"] == 6.0
+    assert result.logs["loss"] < 0.7 * seen[0][2]["loss"]  # the denoiser learned something
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [20, 30]  # newest two kept
+    summary = json.loads((tmp_path / "training.json").read_text())
+    assert TrainResult.from_dict(summary) == result
+    assert (summary["steps"], summary["dp"], summary["device"]) == (30, None, "cpu")
+    for _, path in list_checkpoints(tmp_path / "checkpoints"):
+        state = torch.load(path, weights_only=True)  # plain data only: safe to open
+        assert state["step"] in (20, 30) and "rng" in state and "runner" in state
+    assert not gen.nets["net"].training  # returned ready to sample
+
+
+def test_load_trained_rebuilds_the_ema_sampling_weights(tmp_path):
+    table = tiny_table()
+    gen = build(TinyDenoiser)
+    train(gen, table, TrainConfig(steps=8, batch_size=4, checkpoint_every=4, ema_decay=0.5), tmp_path)
+    loaded = load_trained(tmp_path, TinyDenoiser)
+    assert torch.equal(_sample(gen, table), _sample(loaded, table))
+    assert not loaded.nets["net"].training
+    state = torch.load(tmp_path / "checkpoints" / "step_00000008.pt", weights_only=True)
+    ema, raw = state["runner"]["ema"]["nets"]["net"], state["nets"]["net"]
+    for key, value in loaded.nets["net"].state_dict().items():
+        assert torch.equal(value, ema[key])
+    assert any(not torch.equal(ema[k], raw[k]) for k in raw)  # EMA differs from the last iterate
+
+
+def test_finished_run_returns_the_recorded_result_without_training(tmp_path):
+    table = tiny_table()
+    config = TrainConfig(steps=4, batch_size=4, checkpoint_every=2)
+    first = train(build(TinyPair), table, config, tmp_path)
+    calls = []
+    fresh = build(TinyPair, seed=123)  # different initial weights: must be replaced by the trained ones
+    again = train(fresh, table, config, tmp_path, callback=lambda **kw: calls.append(kw))
+    assert again == first and calls == []
+    assert torch.equal(_sample(fresh, table), _sample(load_trained(tmp_path, TinyPair), table))
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path):
+    table = tiny_table()
+    train(build(TinyDenoiser), table, TrainConfig(steps=2, batch_size=2), tmp_path)
+    with pytest.raises(RunError, match="train"):
+        train(build(TinyDenoiser), table, TrainConfig(steps=3, batch_size=2), tmp_path)
+    with pytest.raises(RunError, match="dp"):
+        train(build(TinyDenoiser), table, TrainConfig(steps=2, batch_size=2), tmp_path,
+              dp=DPConfig(noise_multiplier=1.0))
+
+
+def test_unfinished_run_cannot_be_loaded(tmp_path):
+    with pytest.raises(RunError, match="has not finished"):
+        load_trained(tmp_path, TinyDenoiser)
+
+
+def test_optimising_an_unknown_network_names_the_generator(tmp_path):
+    class Wrong(TinyDenoiser):
+        name = "tiny-wrong"
+
+        def training_step(self, batch, runner):
+            runner.optimize("decoder", self.nets["net"](batch.images, batch.masks, batch.vendor,
+                                                        batch.pathology).mean())
+            return {}
+
+    with pytest.raises(PluginError, match="tiny-wrong.*decoder"):
+        train(build(Wrong), tiny_table(), TrainConfig(steps=1, batch_size=2), tmp_path)
+
+
+def test_load_trained_finds_registered_generators_by_name(tmp_path, register_plugin):
+    from cmraudit.hookspecs import hookimpl
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def cmraudit_register_generators(register):
+            register(TinyDenoiser)
+
+    register_plugin(Plugin, name="tiny-test-plugin")
+    gen = build(TinyDenoiser)
+    train(gen, tiny_table(), TrainConfig(steps=2, batch_size=2), tmp_path)
+    assert isinstance(load_trained(tmp_path), TinyDenoiser)
+
+
+# --------------------------------------------------------------------------------------------------- CUDA
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("private", [False, True], ids=["plain", "dp"])
+def test_cuda_training_with_amp(tmp_path, private):
+    table = tiny_table(size=32)
+    gen = build(TinyDenoiser, size=32)
+    dp = DPConfig(noise_multiplier=1.0) if private else None
+    result = train(gen, table, TrainConfig(steps=4, batch_size=4, checkpoint_every=2, device="cuda"), tmp_path, dp=dp)
+    summary = json.loads((tmp_path / "training.json").read_text())
+    expected = "bfloat16" if torch.cuda.is_bf16_supported() else (None if private else "float16")
+    assert summary["amp"] == expected and result.device.startswith("cuda")
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.logs.values())
+    images = _sample(gen, table)
+    assert images.is_cuda and images.shape == (4, 1, 32, 32) and torch.isfinite(images).all()
+    loaded = load_trained(tmp_path, TinyDenoiser, device="cpu")
+    assert torch.allclose(_sample(loaded, table), images.cpu(), atol=1e-4)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_fp16_without_bf16_uses_a_grad_scaler(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert amp_dtype(torch.device("cuda")) == torch.float16
+    assert amp_dtype(torch.device("cuda"), private=True) is None
+    result = train(build(TinyDenoiser), tiny_table(), TrainConfig(steps=3, batch_size=4, device="cuda"), tmp_path)
+    assert json.loads((tmp_path / "training.json").read_text())["amp"] == "float16"
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.logs.values())
