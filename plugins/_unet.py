@@ -134,6 +134,33 @@ class UNetGenerator(Generator, abc.ABC):
                   steps: int) -> torch.Tensor:
         """Run the sampler from pure noise to an image; ``predict(x, model_time)`` is the guided network."""
 
+    @abc.abstractmethod
+    def level_coefficients(self, level: float) -> tuple[float, float, float]:
+        """``(a, b, model_time)`` such that the noisy image at ``level`` is ``a * x0 + b * noise``."""
+
+    @abc.abstractmethod
+    def split_prediction(self, output: torch.Tensor, x: torch.Tensor, level: float
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's output at ``level`` turned into its estimates ``(x0_hat, noise_hat)``."""
+
+    # ------------------------------------------------------------------ denoiser view, used by SecMI and PIA
+    @torch.no_grad()
+    def forward_noise(self, x0: torch.Tensor, level: float, noise: torch.Tensor) -> torch.Tensor:
+        """The forward process at a noise level in [0, 1] (0 = data), with the given noise."""
+        a, b, _ = self.level_coefficients(level)
+        return a * x0 + b * noise
+
+    @torch.no_grad()
+    def predict_x0_and_noise(self, x: torch.Tensor, level: float, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (conditional, unguided) model's split of a noisy image at ``level`` into data and noise estimates;
+        ``forward_noise(*predict_x0_and_noise(x, a, batch), b)`` is then one deterministic DDIM step a → b."""
+        device = network_device(self.nets["unet"])
+        cond = Condition.build(batch.masks, batch.vendor, batch.pathology, self.conditioning, device)
+        _, _, model_time = self.level_coefficients(level)
+        x = x.to(device)
+        output = self._predict(x, torch.full((x.shape[0],), model_time, device=device), cond).float()
+        return self.split_prediction(output, x, level)
+
     # ------------------------------------------------------------------ shared
     def _predict(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
         return self.nets["unet"](x, t, cond.onehot, cond.labels)

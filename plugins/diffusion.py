@@ -72,10 +72,23 @@ class DiffusionGenerator(UNetGenerator):
         t = torch.randint(0, self.config.train_timesteps, (x_data.shape[0],), device=x_data.device)
         return self._noised(x_data, noise, t)
 
+    def _level_step(self, level: float) -> int:
+        return min(self.config.train_timesteps - 1, round(level * (self.config.train_timesteps - 1)))
+
     def fixed_level_target(self, x_data: torch.Tensor, noise: torch.Tensor, level: float):
-        step = min(self.config.train_timesteps - 1, round(level * (self.config.train_timesteps - 1)))
-        t = torch.full((x_data.shape[0],), step, device=x_data.device, dtype=torch.long)
+        t = torch.full((x_data.shape[0],), self._level_step(level), device=x_data.device, dtype=torch.long)
         return self._noised(x_data, noise, t)
+
+    def level_coefficients(self, level: float) -> tuple[float, float, float]:
+        step = self._level_step(level)
+        abar = float(self.schedule.alphas_cumprod[step])
+        return abar ** 0.5, (1.0 - abar) ** 0.5, float(step)
+
+    def split_prediction(self, output: torch.Tensor, x: torch.Tensor, level: float):
+        a, b, _ = self.level_coefficients(level)  # a^2 + b^2 = 1
+        if self.config.prediction_type == "epsilon":
+            return (x - b * output) / a, output
+        return a * x - b * output, b * x + a * output  # v = a * eps - b * x0 inverted
 
     def integrate(self, noise: torch.Tensor, predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                   steps: int) -> torch.Tensor:

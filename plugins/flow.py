@@ -97,6 +97,13 @@ class FlowGenerator(UNetGenerator):
         x_t, v = velocity_target(noise, x_data, t)
         return x_t, t * MODEL_TIME_SCALE, v
 
+    def level_coefficients(self, level: float) -> tuple[float, float, float]:
+        return 1.0 - level, level, (1.0 - level) * MODEL_TIME_SCALE  # x = (1 - s) x1 + s noise, t = 1 - s
+
+    def split_prediction(self, output: torch.Tensor, x: torch.Tensor, level: float):
+        # v = x1 - noise, so x1 = x + s v and noise = x - (1 - s) v
+        return x + level * output, x - (1.0 - level) * output
+
     def integrate(self, noise: torch.Tensor, predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                   steps: int) -> torch.Tensor:
         return integrate_velocity(noise, lambda x, t: predict(x, t * MODEL_TIME_SCALE), steps, self.config.solver)
