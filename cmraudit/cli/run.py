@@ -1,0 +1,144 @@
+"""`cmraudit run | train | sample | audit | report | gate`: the audit pipeline on a run folder."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from . import app, echo_json
+
+_RUN_DIR = typer.Argument(None, help="Run folder (the same as --out).", show_default=False)
+_OUT = typer.Option(None, "--out", "-o", help="Run folder; re-running on it resumes. (default: cmraudit-run)")
+_CONFIG = typer.Option(None, "--config", "-c", help="run.toml with the settings; flags override it.")
+_DATA = typer.Option(None, "--data", help="Data: phantom, phantom:N, acdc:PATH, mnms:PATH. (default: phantom)")
+_GEN = typer.Option(None, "--generator", "-g", help="Generators, comma-separated. (default: gan,vae,diffusion,flow "
+                    "and diffusion at ε=8)")
+_ATTACK = typer.Option(None, "--attack", "-a", help="mia, all, or attack names, comma-separated. (default: all)")
+_METRIC = typer.Option(None, "--metric", "-m", help="all or metric names, comma-separated. (default: all)")
+_EPS = typer.Option(None, "--dp-epsilon", help="DP budgets, one model variant each: 1,8,inf (inf = no DP).")
+_PROFILE = typer.Option(None, "--profile", help="smoke | quick | standard. (default: quick)")
+_SEED = typer.Option(None, "--seed", help="Seed of the split, training and sampling. (default: 0)")
+_N = typer.Option(None, "--n", "--n-samples", help="Synthetic images per model (0: one per conditioning mask).")
+_MASKS = typer.Option(None, "--mask-source", help="Split role whose masks condition the synthetic set. "
+                      "(default: reference)")
+_DEVICE = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps.")
+_SET = typer.Option(None, "--set", "-s", help="Any setting as KEY=VALUE (train.steps=50, generator.vae.lr=1e-3).")
+_FORCE = typer.Option(False, "--force", help="Recompute finished stages instead of skipping them.")
+_REDACT = typer.Option(False, "--redact", help="Report without real patient pixels (masks / blur instead).")
+_POLICY = typer.Option(None, "--policy", help="Policy TOML for the report's pass/fail verdicts (default: built-in).")
+
+
+def _flags(**kw: Any) -> dict[str, Any]:
+    """Command-line flags as a config layer (only the flags that were given)."""
+    from ..runconfig import parse_set
+
+    table = parse_set(kw.pop("assignments") or [])
+    eps = kw.pop("dp_epsilon")
+    if eps:
+        table["dp_epsilons"] = [e.strip() for item in eps for e in item.split(",") if e.strip()]
+    renames = {"generator": "generators", "attack": "attacks", "metric": "metrics", "n": "n_samples"}
+    for key, value in kw.items():
+        if value is not None:
+            table[renames.get(key, key)] = value
+    return table
+
+
+def _pipeline_command(name: str, doc: str) -> None:
+    """`cmraudit NAME`: the AuditRun method of that name on a run folder, with the full set of run options."""
+
+    def command(run_dir: Optional[Path] = _RUN_DIR, out: Optional[Path] = _OUT, config: Optional[Path] = _CONFIG,
+                data: Optional[str] = _DATA, generator: Optional[str] = _GEN, attack: Optional[str] = _ATTACK,
+                metric: Optional[str] = _METRIC, dp_epsilon: Optional[list[str]] = _EPS,
+                profile: Optional[str] = _PROFILE, seed: Optional[int] = _SEED, n: Optional[int] = _N,
+                mask_source: Optional[str] = _MASKS, device: Optional[str] = _DEVICE,
+                assignments: Optional[list[str]] = _SET, force: bool = _FORCE, redact: bool = _REDACT,
+                policy: Optional[Path] = _POLICY) -> None:
+        from ..errors import UsageError
+        from ..run import open_run
+        from .progress import ProgressView, console, summary_table
+
+        if run_dir and out and Path(run_dir) != Path(out):
+            raise UsageError(f"two run folders given: {run_dir} and --out {out}")
+        if name != "run" and (redact or policy):
+            raise UsageError("--redact and --policy shape the report: use them with `cmraudit run` or `cmraudit report`")
+        flags = _flags(data=data, generator=generator, attack=attack, metric=metric, dp_epsilon=dp_epsilon,
+                       profile=profile, seed=seed, n=n, mask_source=mask_source, device=device,
+                       assignments=assignments)
+        with ProgressView(console(stderr=True)) as view:
+            run = open_run(run_dir or out, config_file=config, overrides=flags, force=force, progress=view)
+            if name == "run":
+                run.run(redact=redact, policy=policy)
+            else:
+                getattr(run, name)()
+        console().print(summary_table(run.doc))
+        if name == "run":
+            typer.echo(f"report: {run.out / 'report.html'}")
+        typer.echo(f"results: {run.results_path}")
+        failed = [m for m, e in run.doc["models"].items() if e["status"] == "failed"]
+        if failed:
+            typer.echo(f"cmraudit: error: {len(failed)} model(s) failed: " + "; ".join(
+                f"{m}: {run.doc['models'][m]['error']}" for m in failed), err=True)
+            raise typer.Exit(1)
+
+    command.__doc__ = doc
+    app.command(name)(command)
+
+
+_pipeline_command("run", "Train, sample, audit and report: the whole audit in one run folder (resumable).")
+_pipeline_command("train", "Train the run's models (resumes from checkpoints).")
+_pipeline_command("sample", "Sample each trained model's synthetic set.")
+_pipeline_command("audit", "Run attacks and metrics on each sampled model; write results.json.")
+
+
+@app.command("report")
+def report_command(run_dir: Path = typer.Argument(..., help="Run folder."),
+                   redact: bool = _REDACT, policy: Optional[Path] = _POLICY,
+                   output: Optional[Path] = typer.Option(None, "--output", help="Where to write (default: "
+                                                         "RUN/report.html, RUN/report-redacted.html with --redact)")) -> None:
+    """Write report.html for a run folder (self-contained; opens offline)."""
+    from ..reports.html import write_report
+
+    target = output or run_dir / ("report-redacted.html" if redact else "report.html")
+    typer.echo(f"report: {write_report(run_dir, target, redact=redact, policy=policy)}")
+
+
+@app.command("gate")
+def gate_command(
+        results: Path = typer.Argument(..., help="Run folder or results.json."),
+        policy: Optional[Path] = typer.Option(None, "--policy", help="Thresholds policy TOML (default: built-in)."),
+        max_auc: Optional[float] = typer.Option(None, "--max-auc", help="Max MIA AUC (see --auc-on)."),
+        auc_on: Optional[str] = typer.Option(None, "--auc-on", help="ci_upper (default) or point."),
+        max_tpr: Optional[float] = typer.Option(None, "--max-tpr", help="Max TPR at --tpr-fpr."),
+        tpr_fpr: Optional[float] = typer.Option(None, "--tpr-fpr", help="FPR for --max-tpr (default 0.01)."),
+        max_memorised: Optional[float] = typer.Option(None, "--max-memorised-share", help="Max share of members "
+                                                      "with a memorised synthetic image."),
+        max_epsilon: Optional[float] = typer.Option(None, "--max-epsilon", help="Max DP ε (no DP = ∞)."),
+        min_tstr_dice: Optional[float] = typer.Option(None, "--min-tstr-dice", help="Min TSTR Dice."),
+        junit: Optional[Path] = typer.Option(None, "--junit", help="Also write JUnit XML here."),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Apply a thresholds policy to a run's results: exit 0 when every rule holds, 1 otherwise (fails closed)."""
+    import dataclasses
+
+    from .. import results as R
+    from ..gate import evaluate, junit_xml, load_policy, passed
+    from ..io import atomic_write_text
+
+    pol = load_policy(policy).with_overrides(max_mia_auc=max_auc, auc_on=auc_on, max_tpr_at_fpr=max_tpr,
+                                             tpr_fpr=tpr_fpr, max_memorised_share=max_memorised,
+                                             max_epsilon=max_epsilon, min_tstr_dice=min_tstr_dice)
+    rules = evaluate(R.load(results), pol)
+    if junit:
+        atomic_write_text(junit, junit_xml(rules, pol))
+    if as_json:
+        echo_json(R.jsonable({"passed": passed(rules), "policy": pol.source,
+                               "rules": [dataclasses.asdict(r) for r in rules]}))
+    else:
+        from .progress import console, gate_table
+
+        console().print(gate_table(rules, pol.source))
+    if not passed(rules):
+        typer.echo(f"cmraudit: gate failed: {sum(not r.passed for r in rules)} of {len(rules)} rule(s) do not hold",
+                   err=True)
+        raise typer.Exit(1)
+    typer.echo(f"gate passed: {len(rules)} rule(s) hold")

@@ -1,0 +1,305 @@
+"""The resolved configuration of one audit run, from defaults, a run.toml, the run folder and command-line flags.
+
+Layers, later wins: built-in defaults < the run folder's own ``config.toml`` (so re-running resumes what was
+started, whatever flags it was started with) < ``--config run.toml`` < command-line flags. The resolved config is
+written to ``<out>/config.toml`` before anything else, so every run folder says exactly how to reproduce it.
+
+A run.toml looks like::
+
+    data = "phantom:60"
+    profile = "quick"
+    seed = 0
+    generators = ["diffusion", "flow"]
+    dp_epsilons = [inf, 8]          # one variant per epsilon: "diffusion", "diffusion-dp8", ...
+    attacks = "all"                 # "mia", "all" or a list of names
+    metrics = "all"
+    mask_source = "reference"       # whose masks condition the synthetic set (never "members" by default)
+
+    [generator.diffusion]           # overrides of a generator family's Config
+    base_channels = 32
+    [train]                         # overrides of cmraudit.train.TrainConfig
+    steps = 400
+    [dp]                            # DPConfig settings shared by the DP variants
+    delta = 1e-5
+    [[model]]                       # an explicit extra variant
+    name = "vae-dp3"
+    generator = "vae"
+    dp_epsilon = 3.0
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .api import PROFILES, Split
+from .errors import ConfigError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+#: image size per profile (pixels): smoke for tests, quick for the default CPU run, standard for a GPU.
+PROFILE_IMAGE_SIZE = {"smoke": 32, "quick": 64, "standard": 128}
+DEFAULT_GENERATORS = ("gan", "vae", "diffusion", "flow")
+#: the default run adds one DP diffusion model (epsilon 8) so every report shows a DP/non-DP comparison
+DEFAULT_DP_EXTRA = ("diffusion", 8.0)
+MASK_SOURCES = Split.ROLES
+#: settings whose change makes an existing run folder's split, checkpoints and scores meaningless
+ESSENTIAL = ("data", "seed", "profile", "image_size", "split")
+
+
+@dataclass
+class ModelSpec:
+    """One model of a run: a generator family, an optional DP budget and config overrides."""
+
+    name: str
+    generator: str
+    dp_epsilon: float | None = None  # None: no differential privacy
+    config: dict[str, Any] = field(default_factory=dict)  # overrides of the generator's Config
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "generator": self.generator}
+        if self.dp_epsilon is not None:
+            d["dp_epsilon"] = self.dp_epsilon
+        if self.config:
+            d["config"] = dict(self.config)
+        return d
+
+
+def model_name(generator: str, epsilon: float | None) -> str:
+    """"diffusion" without DP, "diffusion-dp8" at epsilon 8, "diffusion-dp0.5" at 0.5."""
+    if epsilon is None or math.isinf(epsilon):
+        return generator
+    return f"{generator}-dp{epsilon:g}"
+
+
+def parse_epsilon(value: Any) -> float | None:
+    """An epsilon from TOML or the CLI: a positive number, or inf / "inf" / "none" for no DP."""
+    if isinstance(value, str) and value.strip().lower() in ("inf", "none", "off", "nodp", "∞"):
+        return None
+    try:
+        eps = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"dp epsilon {value!r} is neither a number nor 'inf'") from None
+    if math.isinf(eps):
+        return None
+    if not eps > 0:
+        raise ConfigError(f"dp epsilon must be positive, got {value!r}")
+    return eps
+
+
+@dataclass
+class RunConfig:
+    out: Path = Path("cmraudit-run")
+    data: str = "phantom"
+    profile: str = "quick"
+    seed: int = 0
+    image_size: int | None = None  # None: the profile's size
+    models: list[ModelSpec] = field(default_factory=list)
+    attacks: str | list[str] = "all"
+    metrics: str | list[str] = "all"
+    n_samples: int = 0  # 0: one synthetic image per conditioning mask
+    mask_source: str = "reference"
+    device: str = "auto"
+    #: per-family Config overrides shared by every variant of that family
+    generator: dict[str, dict[str, Any]] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    dp: dict[str, Any] = field(default_factory=dict)
+    split: dict[str, float] = field(default_factory=dict)
+    #: per-plugin options for attacks and metrics, keyed by plugin name (``[options.lira] shadows = 2``)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.profile not in PROFILES:
+            raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
+        if self.image_size is None:
+            self.image_size = PROFILE_IMAGE_SIZE[self.profile]
+        if self.mask_source not in MASK_SOURCES:
+            raise ConfigError(f"mask_source must be one of {', '.join(MASK_SOURCES)}, got {self.mask_source!r}")
+        if not self.models:
+            self.models = expand_models(None, None)
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"model name(s) used twice: {', '.join(dupes)}")
+
+    def model(self, name: str) -> ModelSpec:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise ConfigError(f"no model {name!r} in this run (models: {', '.join(m.name for m in self.models)})")
+
+    def generator_overrides(self, spec: ModelSpec) -> dict[str, Any]:
+        return {**self.generator.get(spec.generator, {}), **spec.config}
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "data": self.data, "profile": self.profile, "seed": self.seed, "image_size": self.image_size,
+            "attacks": self.attacks, "metrics": self.metrics, "n_samples": self.n_samples,
+            "mask_source": self.mask_source, "device": self.device,
+        }
+        for key in ("generator", "train", "dp", "split", "options"):
+            if getattr(self, key):
+                d[key] = getattr(self, key)
+        d["model"] = [m.to_toml_dict() for m in self.models]
+        return d
+
+    def essentials(self) -> dict[str, Any]:
+        d = self.to_toml_dict()
+        return {k: d.get(k) for k in ESSENTIAL}
+
+
+def expand_models(generators: list[str] | None, epsilons: list[float | None] | None) -> list[ModelSpec]:
+    """generators x epsilons; with neither given, the default set (four families + a DP diffusion model)."""
+    if generators is None and epsilons is None:
+        specs = [ModelSpec(g, g) for g in DEFAULT_GENERATORS]
+        g, eps = DEFAULT_DP_EXTRA
+        return [*specs, ModelSpec(model_name(g, eps), g, eps)]
+    gens = list(generators or DEFAULT_GENERATORS)
+    epss = list(epsilons) if epsilons else [None]
+    return [ModelSpec(model_name(g, e), g, e) for g in gens for e in epss]
+
+
+# ------------------------------------------------------------------------------------------------ loading / layers
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def _models_from_table(raw: dict[str, Any], where: str) -> list[ModelSpec] | None:
+    """Explicit [[model]] entries plus the generators x dp_epsilons product, if either is given."""
+    gens = raw.get("generators")
+    if isinstance(gens, str):
+        gens = [g.strip() for g in gens.split(",") if g.strip()]
+    eps_raw = raw.get("dp_epsilons")
+    if eps_raw is not None and not isinstance(eps_raw, list):
+        eps_raw = [eps_raw]
+    epss = [parse_epsilon(e) for e in eps_raw] if eps_raw is not None else None
+    explicit = []
+    for i, m in enumerate(raw.get("model", [])):
+        if not isinstance(m, dict) or "generator" not in m:
+            raise ConfigError(f"{where}: [[model]] entry {i + 1} needs a 'generator'")
+        unknown = set(m) - {"name", "generator", "dp_epsilon", "config"}
+        if unknown:
+            raise ConfigError(f"{where}: [[model]] entry {i + 1} has unknown key(s) {', '.join(sorted(unknown))}")
+        eps = parse_epsilon(m["dp_epsilon"]) if m.get("dp_epsilon") is not None else None
+        explicit.append(ModelSpec(m.get("name") or model_name(m["generator"], eps), m["generator"], eps,
+                                  dict(m.get("config", {}))))
+    if gens is None and epss is None:
+        return explicit or None
+    return [*expand_models(gens, epss), *explicit]
+
+
+def merge_layers(layers: list[tuple[str, dict[str, Any]]]) -> RunConfig:
+    """Apply config layers (name, table) in order; each key of a later layer replaces the earlier value.
+
+    Tables of overrides (``generator``, ``train``, ``dp``, ``split``, ``options``) merge key by key.
+    """
+    fields = {f.name for f in dataclasses.fields(RunConfig)} - {"models"}
+    values: dict[str, Any] = {}
+    models: list[ModelSpec] | None = None
+    for where, raw in layers:
+        unknown = set(raw) - fields - {"generators", "dp_epsilons", "model"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(sorted(fields | {'generators', 'dp_epsilons', 'model'}))}")
+        layer_models = _models_from_table(raw, where)
+        if layer_models is not None:
+            models = layer_models
+        for key, value in raw.items():
+            if key in ("generators", "dp_epsilons", "model"):
+                continue
+            if key in ("generator", "options") and isinstance(value, dict):
+                merged = {k: dict(v) for k, v in values.get(key, {}).items()}
+                for family, table in value.items():
+                    merged.setdefault(family, {}).update(table)
+                values[key] = merged
+            elif key in ("train", "dp", "split") and isinstance(value, dict):
+                values[key] = {**values.get(key, {}), **value}
+            else:
+                values[key] = value
+    if isinstance(values.get("attacks"), str) and "," in values["attacks"]:
+        values["attacks"] = [a.strip() for a in values["attacks"].split(",") if a.strip()]
+    if isinstance(values.get("metrics"), str) and "," in values["metrics"]:
+        values["metrics"] = [a.strip() for a in values["metrics"].split(",") if a.strip()]
+    try:
+        return RunConfig(**values, models=models or [])
+    except TypeError as exc:
+        raise ConfigError(f"run config: {exc}") from None
+
+
+def parse_set(assignments: list[str]) -> dict[str, Any]:
+    """``--set train.steps=50 --set generator.vae.latent_channels=8`` → a nested table (values parsed as TOML)."""
+    table: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # a bare word: keep it as a string
+        node = table
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return table
+
+
+def to_toml(table: dict[str, Any]) -> str:
+    """A small TOML writer for the resolved config (strings, numbers, booleans, lists, nested tables)."""
+    lines: list[str] = []
+    _emit(table, [], lines)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return ("inf" if v > 0 else "-inf") if math.isinf(v) else ("nan" if math.isnan(v) else repr(v))
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, Path):
+        v = str(v)
+    if isinstance(v, str):
+        import json
+
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    raise ConfigError(f"cannot write {v!r} to TOML")
+
+
+def _key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else _value(k)
+
+
+def _emit(table: dict[str, Any], path: list[str], lines: list[str]) -> None:
+    scalars = {k: v for k, v in table.items() if not isinstance(v, dict) and not _is_table_list(v)}
+    for k, v in scalars.items():
+        lines.append(f"{_key(k)} = {_value(v)}")
+    for k, v in table.items():
+        if isinstance(v, dict):
+            lines.append("")
+            lines.append(f"[{'.'.join(_key(p) for p in [*path, k])}]")
+            _emit(v, [*path, k], lines)
+        elif _is_table_list(v):
+            for item in v:
+                lines.append("")
+                lines.append(f"[[{'.'.join(_key(p) for p in [*path, k])}]]")
+                _emit(item, [*path, k], lines)
+
+
+def _is_table_list(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)

@@ -1,0 +1,199 @@
+"""The run folder: layout, resume without recomputation, failure isolation, config layers and the CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import run_fakes
+
+from cmraudit import results as R
+from cmraudit.errors import ConfigError, RunError
+from cmraudit.run import AuditRun, open_run, safe_name
+from cmraudit.runconfig import ModelSpec, RunConfig, merge_layers, parse_set, read_toml, to_toml
+
+
+@pytest.fixture(autouse=True)
+def validated_results(monkeypatch):
+    """Every results.json written by these tests is checked against the schema as it is written."""
+    monkeypatch.setattr(R, "VALIDATE_ON_WRITE", True)
+
+
+@pytest.fixture
+def fakes(register_plugin):
+    register_plugin(run_fakes.FakePlugins(), name="run-fakes")
+    run_fakes.CALLS.clear()
+    return run_fakes
+
+
+def test_run_folder_records_everything_and_isolates_failures(fakes, tmp_path):
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    config = fakes.tiny_config(tmp_path / "run", attacks=["known-mia", "known-mem", "broken-attack", "needs-whitebox"],
+                               models=[ModelSpec("fast-tiny", "fast-tiny"), ModelSpec("crash-tiny", "crash-tiny"),
+                                       ModelSpec("fast-tiny-dp2", "fast-tiny", 2.0)],
+                               dp={"accountant": "rdp"})  # RDP calibrates in milliseconds, PRV in seconds
+    doc = AuditRun(config).run()
+    out = config.out
+    for path in ("config.toml", "split.json", "results.json", "report.html", "models/fast-tiny/training.json",
+                 "models/fast-tiny/samples.npz", "scores/fast-tiny/known-mia.npz"):
+        assert (out / path).is_file(), path
+    assert doc["status"] == "complete"
+    models = doc["models"]
+    # the crashing generator is recorded with its stage and plugin; the other models still finish
+    assert models["crash-tiny"]["status"] == "failed"
+    assert models["crash-tiny"]["error"].startswith("train: generator 'crash-tiny' (run_fakes): ValueError")
+    assert models["fast-tiny"]["status"] == models["fast-tiny-dp2"]["status"] == "ok"
+    attacks = models["fast-tiny"]["attacks"]
+    assert attacks["broken-attack"]["status"] == "failed" and "deliberate attack crash" in attacks["broken-attack"]["error"]
+    assert attacks["needs-whitebox"] == {**attacks["needs-whitebox"], "status": "skipped",
+                                         "reason": "this generator exposes no discriminator"}
+    assert models["fast-tiny"]["metrics"]["known-utility"]["values"]["tstr_dice"]["value"] == 0.8
+    # DP variant: its accountant's epsilon is recorded and within the target
+    dp = models["fast-tiny-dp2"]["training"]["dp"]
+    assert 0 < dp["epsilon"] <= 2.0 + 1e-6 and dp["unit"] == "patient" and dp["accountant"] == "rdp"
+    assert models["fast-tiny"]["training"]["dp"] is None
+    # saved per-example scores reproduce the recorded AUC with sklearn
+    with np.load(out / attacks["known-mia"]["scores"]) as z:
+        y = np.r_[np.ones(len(z["member_scores"])), np.zeros(len(z["nonmember_scores"]))]
+        auc = sklearn_metrics.roc_auc_score(y, np.r_[z["member_scores"], z["nonmember_scores"]])
+        assert set(z["member_patients"]) <= set(json.loads((out / "split.json").read_text())["members"])
+    assert attacks["known-mia"]["auc"] == pytest.approx(auc)
+    # samples are conditioned on reference masks, never on a member's
+    split = json.loads((out / "split.json").read_text())
+    with np.load(out / "models/fast-tiny/samples.npz") as z:
+        assert str(z["mask_source"]) == "reference"
+        assert set(z["patients"]) <= set(split["reference"])
+        assert z["images"].shape[1:] == (1, 16, 16) and np.abs(z["images"]).max() <= 1
+    R.validate(R.load(out))
+
+
+def test_rerun_recomputes_nothing_unless_forced(fakes, tmp_path):
+    config = fakes.tiny_config(tmp_path / "run")
+    first = AuditRun(config).run()
+    assert fakes.CALLS == {"known-mia": 1, "known-mem": 1, "known-utility": 1, "known-fidelity": 1}
+    events = []
+    again = AuditRun(config, progress=events.append).run()
+    assert fakes.CALLS == {"known-mia": 1, "known-mem": 1, "known-utility": 1, "known-fidelity": 1}
+    assert {(e.stage, e.state) for e in events if e.model} >= {("train", "skipped"), ("sample", "skipped")}
+    assert again["models"]["fast-tiny"]["attacks"]["known-mia"]["auc"] == first["models"]["fast-tiny"]["attacks"]["known-mia"]["auc"]
+    training = config.out / "models" / "fast-tiny" / "training.json"
+    trained_at = training.stat().st_mtime_ns
+    AuditRun(config, force=True).audit()  # `cmraudit audit --force`: new numbers, same model
+    assert fakes.CALLS["known-mia"] == 2 and training.stat().st_mtime_ns == trained_at
+    AuditRun(config, force=True).run()
+    assert fakes.CALLS["known-mia"] == 3 and training.stat().st_mtime_ns != trained_at
+
+
+def test_interrupted_run_resumes_where_it_stopped(fakes, tmp_path):
+    config = fakes.tiny_config(tmp_path / "run")
+
+    def interrupt(event):
+        if event.stage == "audit" and event.state == "start" and "known-mem" in event.message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        AuditRun(config, progress=interrupt).run()
+    partial = R.load(config.out)
+    assert partial["status"] == "running"
+    assert partial["models"]["fast-tiny"]["attacks"]["known-mia"]["status"] == "ok"
+    assert "known-mem" not in partial["models"]["fast-tiny"]["attacks"]
+    doc = AuditRun(config).run()
+    assert doc["status"] == "complete" and fakes.CALLS["known-mia"] == 1 and fakes.CALLS["known-mem"] == 1
+
+
+def test_a_run_folder_accumulates_models(fakes, tmp_path):
+    AuditRun(fakes.tiny_config(tmp_path / "run")).train()
+    reopened = open_run(tmp_path / "run", overrides={"attacks": "known-mia"})  # its own config.toml is the base
+    assert [m.name for m in reopened.config.models] == ["fast-tiny"] and reopened.config.attacks == "known-mia"
+    assert reopened.config.data == "tinyrun:20" and reopened.config.image_size == 16
+    second = AuditRun(fakes.tiny_config(tmp_path / "run", models=[ModelSpec("fast-tiny-2", "fast-tiny")]))
+    second.train()
+    assert [m["name"] for m in read_toml(tmp_path / "run" / "config.toml")["model"]] == ["fast-tiny-2", "fast-tiny"]
+    assert set(second.doc["models"]) == {"fast-tiny", "fast-tiny-2"}
+    assert all(m["stages"]["train"] for m in second.doc["models"].values())
+
+
+def test_unknown_names_are_usage_errors_before_any_work(fakes, tmp_path):
+    from cmraudit.errors import PluginError, UsageError
+
+    with pytest.raises(PluginError, match="no generator named 'gam'"):
+        AuditRun(fakes.tiny_config(tmp_path / "a", models=[ModelSpec("gam", "gam")])).prepare()
+    with pytest.raises(UsageError, match="unknown attack 'lossy'"):
+        AuditRun(fakes.tiny_config(tmp_path / "b", attacks=["lossy"])).prepare()
+    with pytest.raises(ConfigError, match="unknown metric"):
+        AuditRun(fakes.tiny_config(tmp_path / "c", metrics=["fidelty"])).prepare()
+    with pytest.raises(ConfigError, match="train: unknown setting"):
+        AuditRun(fakes.tiny_config(tmp_path / "d", train={"stpes": 3})).prepare()
+    with pytest.raises(ConfigError, match="dp"):
+        AuditRun(fakes.tiny_config(tmp_path / "e", models=[ModelSpec("x", "fast-tiny", 1.0)], dp={"delat": 1})).prepare()
+    assert not any((tmp_path / d).exists() for d in "abcde")
+
+
+def test_changed_config_on_an_existing_folder_is_refused(fakes, tmp_path):
+    AuditRun(fakes.tiny_config(tmp_path / "run")).train()
+    with pytest.raises(RunError, match="different seed"):
+        AuditRun(fakes.tiny_config(tmp_path / "run", seed=1)).prepare()
+    AuditRun(fakes.tiny_config(tmp_path / "run", seed=1), force=True).prepare()  # --force recomputes instead
+
+
+def test_config_layers_epsilons_and_toml_round_trip(tmp_path):
+    run_toml = tmp_path / "run.toml"
+    run_toml.write_text('data = "phantom:30"\ngenerators = ["diffusion", "flow"]\ndp_epsilons = [inf, 8, 0.5]\n'
+                        '[train]\nsteps = 40\n[generator.flow]\nsteps = 4\n')
+    config = merge_layers([("run.toml", read_toml(run_toml)), ("cli", parse_set(["train.batch_size=8", "seed=3"]))])
+    assert [m.name for m in config.models] == ["diffusion", "diffusion-dp8", "diffusion-dp0.5", "flow", "flow-dp8",
+                                               "flow-dp0.5"]
+    assert config.train == {"steps": 40, "batch_size": 8} and config.seed == 3 and config.image_size == 64
+    assert config.generator_overrides(config.model("flow-dp8")) == {"steps": 4}
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(config.to_toml_dict()))
+    again = merge_layers([(str(path), read_toml(path))])
+    assert again.to_toml_dict() == config.to_toml_dict()
+    default = RunConfig()
+    assert [m.name for m in default.models] == ["gan", "vae", "diffusion", "flow", "diffusion-dp8"]
+    with pytest.raises(ConfigError, match="unknown setting"):
+        merge_layers([("x", {"stpes": 3})])
+    with pytest.raises(ConfigError, match="mask_source"):
+        RunConfig(mask_source="everyone")
+
+
+def test_safe_names_stay_inside_the_folder():
+    assert safe_name("diffusion-dp8") == "diffusion-dp8"
+    odd = safe_name("../<script>/x")
+    assert "/" not in odd and not odd.startswith(".") and odd != safe_name("__script__x")
+
+
+def test_cli_run_then_gate(fakes, tmp_path, capsys):
+    from cmraudit.cli import main
+
+    out = tmp_path / "cli-run"
+    args = ["run", "--data", "tinyrun:20", "--generator", "fast-tiny", "--attack", "known-mia,known-mem",
+            "--metric", "known-utility,known-fidelity", "--profile", "smoke", "--set", "image_size=16",
+            "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "cmraudit results" in printed and "report.html" in printed
+    assert (out / "report.html").is_file()
+    # the run folder's own config is the base layer: a bare re-run resumes the same models
+    with pytest.raises(SystemExit):
+        main(["run", "--out", str(out)])
+    assert read_toml(out / "config.toml")["model"] == [{"name": "fast-tiny", "generator": "fast-tiny"}]
+    assert fakes.CALLS["known-mia"] == 1
+    policy = tmp_path / "policy.toml"
+    policy.write_text("max_mia_auc = 0.6\nmin_tstr_dice = 0.7\n")
+    with pytest.raises(SystemExit) as exit_info:  # known-mia separates members perfectly: AUC 1 fails
+        main(["gate", str(out), "--policy", str(policy), "--junit", str(tmp_path / "gate.xml")])
+    assert exit_info.value.code == 1
+    assert "failures=\"1\"" in (tmp_path / "gate.xml").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["gate", str(out / "results.json"), "--policy", str(policy), "--max-auc", "1.0"])
+    assert exit_info.value.code in (0, None)
+    # the stage commands work on the folder; a report option on one of them is a usage error (exit 2)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["audit", str(out), "--force"])
+    assert exit_info.value.code in (0, None) and fakes.CALLS["known-mia"] == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(out), "--redact"])
+    assert exit_info.value.code == 2
