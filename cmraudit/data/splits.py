@@ -41,7 +41,8 @@ def make_split(table: SliceTable, seed: int = 0, fractions: dict[str, float] | N
         tallies = [counts.setdefault(key, np.zeros(len(Split.ROLES))) for key in keys]
         # the overall total counts double so role sizes stay on target
         deficit = sum(w * (weights * (t.sum() + 1) - t) for w, t in zip((2.0, 1.0, 1.0), tallies))
-        role = int(np.argmax(deficit))
+        # ties go to a random role: a fixed tie-break would favour one role in a way that depends on labels
+        role = int(np.argmax(deficit + rng.uniform(0, 1e-6, len(deficit))))
         for t in tallies:
             t[role] += 1
         assigned[Split.ROLES[role]].append(patient)

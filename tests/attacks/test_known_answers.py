@@ -155,14 +155,17 @@ def test_near_copies_are_still_flagged(world):
 def test_oracle_is_not_flagged(world):
     ctx = _context(world, oracle)
     results = _run_all(ctx)
-    slice_misses = []
+    slice_misses, patient_misses = [], []
     for name, (_, summary) in results.items():
-        lo, hi = summary["patient"]["auc_ci"]  # the privacy unit: every attack must be consistent with chance
-        assert lo <= 0.5 <= hi, f"{name}: patient-level AUC CI {lo:.3f}..{hi:.3f} excludes 0.5"
+        lo, hi = summary["patient"]["auc_ci"]  # the privacy unit: no attack may find a significant leak
+        assert lo <= 0.5, f"{name}: patient-level AUC CI {lo:.3f}..{hi:.3f} lies above 0.5"
+        if hi < 0.5:  # below chance: members and non-members happen to differ, which is not a leak
+            patient_misses.append(name)
         lo, hi = summary["auc_ci"]
         if not lo <= 0.5 <= hi:
             slice_misses.append(name)
     # ten 95% intervals: one or two may miss 0.5 by chance, a systematic leak would make most of them miss
+    assert len(patient_misses) <= 1, patient_misses
     assert len(slice_misses) <= 2, slice_misses
     memo = results["memorization"][0].details
     for space in ("pixel", "near_copy"):
