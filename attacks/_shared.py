@@ -12,9 +12,11 @@ from cmraudit.data.types import SliceTable
 SIGNAL_BATCH = 64
 
 
-def option(ctx: AuditContext, name: str, default: Any) -> Any:
-    """An attack option from the run config (``[options]`` table), e.g. ``lira_shadows = 8``."""
-    return (ctx.options or {}).get(name, default)
+def option(ctx: AuditContext, plugin: str, key: str, default: Any) -> Any:
+    """A setting from the run config's ``[options.PLUGIN]`` table (``[options.lira] shadows = 8``); settings that
+    several attacks share (``features``, ``signal``) live in ``[options.attacks]``."""
+    table = (ctx.options or {}).get(plugin) or {}
+    return table.get(key, default) if isinstance(table, dict) else default
 
 
 def images(table: SliceTable) -> torch.Tensor:
@@ -61,7 +63,7 @@ def reference_z(reference: dict[str, np.ndarray], evaluated: dict[str, np.ndarra
 def encoder_features(ctx: AuditContext, tables: list[SliceTable]) -> list[torch.Tensor] | None:
     """In-domain encoder features for each table, or None when the encoder is unavailable or switched off
     (option ``features = false``). The encoder is trained on members only, never on non-members."""
-    if not option(ctx, "features", True):
+    if not option(ctx, "attacks", "features", True):
         return None
     try:
         from cmraudit.features import get_encoder

@@ -15,7 +15,7 @@ Signal: the generator's white-box ``membership_signal`` when it has one (the sig
 reference in/out patients), else the samples-only GAN-Leaks distance −min_s ‖x − s‖ to each model's samples
 (shadows sample with the same masks and labels as the target's synthetic set).
 
-Cost: K extra training runs per model (K = ``lira_shadows`` option, default 4) plus scoring. Shadows are trained
+Cost: K extra training runs per model (K = ``shadows`` in ``[options.lira]``, default 4) plus scoring. Shadows are trained
 through ``ctx.train_shadow`` (cached on disk by the run) and shared within the audit via ``ctx.cache``.
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _distance_signal(samples: torch.Tensor, table, ctx: AuditContext) -> np.ndar
 
 class LiRA(Attack):
     name = "lira"
-    description = (f"Offline LiRA: K shadow generators (option lira_shadows, default {DEFAULT_SHADOWS}) trained on "
+    description = (f"Offline LiRA: K shadow generators (option shadows, default {DEFAULT_SHADOWS}) trained on "
                    "random halves of the reference patients calibrate each example's signal. Cost: K extra "
                    "training runs per model.")
     reference = "Carlini et al. 2022, Membership Inference Attacks From First Principles (LiRA)"
@@ -89,9 +89,9 @@ class LiRA(Attack):
 
     def run(self, ctx: AuditContext) -> AttackResult:
         gen = generator_or_skip(ctx)
-        k = int(option(ctx, "lira_shadows", DEFAULT_SHADOWS))
+        k = int(option(ctx, "lira", "shadows", DEFAULT_SHADOWS))
         if k < 1:
-            raise NotApplicable("lira_shadows is 0")
+            raise NotApplicable("[options.lira] shadows is 0")
         shadows = shadow_models(ctx, k)
         targets = (ctx.members, ctx.nonmembers)
         if gen.has_membership_signal():
@@ -121,7 +121,7 @@ class LiRA(Attack):
         from cmraudit.stats import auc
 
         ref = ctx.reference
-        pinned = option(ctx, "signal", None)
+        pinned = option(ctx, "attacks", "signal", None)
         per_shadow = [(membership_signals(s, ref, ctx.seed, ctx.device), np.isin(ref.patients, list(inside)))
                       for s, inside in shadows]
         keys = sorted(per_shadow[0][0])

@@ -86,7 +86,7 @@ class MonteCarlo(Attack):
         syn, ref = images(ctx.synthetic), images(ctx.reference)
         if len(ref) == 0:
             raise NotApplicable("the split has no reference patients to choose ε on")
-        k = max(1, int(round(option(ctx, "monte_carlo_ball_share", 0.01) * len(syn))))
+        k = max(1, int(round(option(ctx, "monte-carlo", "ball_share", 0.01) * len(syn))))
         eps = float(knn(ref, syn, k=k, device=ctx.device).distance[:, -1].median())
         counts = [count_within(images(t), syn, eps, device=ctx.device).numpy() / len(syn)
                   for t in (ctx.members, ctx.nonmembers)]
@@ -118,7 +118,7 @@ class Domias(Attack):
         space = "encoder" if feats is not None else "pixel"
         feats = feats if feats is not None else [images(t) for t in tables]
         n_ref = len(tables[0])
-        dim = int(min(option(ctx, "domias_dim", 8), max(1, n_ref // 10), feats[0].flatten(1).shape[1]))
+        dim = int(min(option(ctx, "domias", "dim", 8), max(1, n_ref // 10), feats[0].flatten(1).shape[1]))
         ref, syn, mem, non = _reduce(*feats, dim=dim)
         p_syn, p_ref = gaussian_kde(syn.T), gaussian_kde(ref.T)
         score = [p_syn.logpdf(x.T) - p_ref.logpdf(x.T) for x in (mem, non)]
@@ -134,21 +134,21 @@ def choose_signal(ctx: AuditContext, generator: Generator, keys: list[str], pref
     models can be trained, the key with the best AUC between a shadow's reference-training and held-out reference
     patients wins (the shadow is shared with ``lira``); without shadows, None: combine the reference-standardised
     signals (``reference_z``)."""
-    pinned = option(ctx, "signal", None)
+    pinned = option(ctx, "attacks", "signal", None)
     if pinned in keys:
         return pinned, {"selection": "option"}
     if prefer in keys:
         return prefer, {"selection": "family default"}
     if len(keys) == 1:
         return keys[0], {"selection": "only signal"}
-    if ctx.train_shadow is None or option(ctx, "signal_selection", "shadow") != "shadow":
+    if ctx.train_shadow is None or option(ctx, "loss", "signal_selection", "shadow") != "shadow":
         return None, {"selection": "reference-standardised mean over signals"}
     from cmraudit.stats import auc
 
     from .lira import shadow_models
 
     aucs: dict[str, list[float]] = {k: [] for k in keys}
-    for shadow, inside in shadow_models(ctx, int(option(ctx, "selection_shadows", 1))):
+    for shadow, inside in shadow_models(ctx, int(option(ctx, "loss", "selection_shadows", 1))):
         ref = ctx.reference
         sig = membership_signals(shadow, ref, ctx.seed, ctx.device)
         is_in = np.isin(ref.patients, list(inside))
@@ -266,7 +266,7 @@ class SecMI(_DenoiserAttack):
     reference = "Duan et al. 2023, Are Diffusion Models Vulnerable to Membership Inference Attacks? (SecMI)"
 
     def _levels(self, ctx: AuditContext) -> tuple[float, float]:
-        return float(option(ctx, "secmi_level", 0.1)), float(option(ctx, "secmi_interval", 0.01))
+        return float(option(ctx, "secmi", "level", 0.1)), float(option(ctx, "secmi", "interval", 0.01))
 
     def signal(self, gen: Generator, batch: Batch, ctx: AuditContext) -> torch.Tensor:
         t, delta = self._levels(ctx)
@@ -290,14 +290,14 @@ class PIA(_DenoiserAttack):
     reference = "Kong et al. 2024, An Efficient Membership Inference Attack for the Diffusion Model by Proximal Initialization (PIA)"
 
     def signal(self, gen: Generator, batch: Batch, ctx: AuditContext) -> torch.Tensor:
-        t = float(option(ctx, "pia_level", 0.2))
+        t = float(option(ctx, "pia", "level", 0.2))
         _, noise0 = gen.predict_x0_and_noise(batch.images, 0.0, batch)  # type: ignore[attr-defined]
         x_t = gen.forward_noise(batch.images, t, noise0)  # type: ignore[attr-defined]
         _, noise_t = gen.predict_x0_and_noise(x_t, t, batch)  # type: ignore[attr-defined]
         return -(noise_t - noise0).pow(2).flatten(1).mean(1)
 
     def details(self, ctx: AuditContext) -> dict:
-        return {"level": float(option(ctx, "pia_level", 0.2)), "norm": "l2"}
+        return {"level": float(option(ctx, "pia", "level", 0.2)), "norm": "l2"}
 
 
 @hookimpl

@@ -89,7 +89,7 @@ class Memorization(Attack):
             raise NotApplicable("the synthetic set is empty")
         if len(train.patient_ids) < 2 or len(hold.patient_ids) < 1:
             raise NotApplicable("needs at least two member patients and one non-member patient")
-        shift = int(option(ctx, "near_copy_max_shift", 2))
+        shift = int(option(ctx, "memorization", "near_copy_max_shift", 2))
         spaces: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         scale = pixel_scale(syn)
         d_tr, i_tr, ids_tr = group_nearest(images(syn), images(train), train.patients, device=ctx.device)
@@ -110,7 +110,7 @@ class Memorization(Attack):
                                    "spaces": list(spaces), "dcr_share": {}, "memorised_share": {}}
         arrays: dict[str, np.ndarray] = {}
         ratios: dict[str, np.ndarray] = {}
-        repeats = int(option(ctx, "dcr_repeats", 20))
+        repeats = int(option(ctx, "memorization", "dcr_repeats", 20))
         for space, (dt, dh, _, _, _) in spaces.items():
             _, d1, d2 = _second_smallest(dt)
             ratios[space] = d1 / np.maximum(d2, 1e-12)
@@ -134,7 +134,7 @@ class Memorization(Attack):
     def _pairs(self, ctx: AuditContext, ratio: np.ndarray, d_tr: np.ndarray, idx: np.ndarray, ids: np.ndarray,
                arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """The k lowest-ratio synthetic images with their nearest training image (images kept for the gallery)."""
-        k = min(int(option(ctx, "memorization_pairs", 8)), len(ratio))
+        k = min(int(option(ctx, "memorization", "pairs", 8)), len(ratio))
         chosen = np.argsort(ratio, kind="stable")[:k]
         col = d_tr[chosen].argmin(1)
         train_rows = idx[chosen, col]

@@ -7,7 +7,7 @@ give the null distribution: a generator that only learned "anatomy → plausible
 for both groups, since the mask alone explains the shared anatomy.
 
 Score per slice: −‖G(mask) − x‖ / sqrt(HW) for the patient's real slice x and its own mask, vendor and pathology
-(seeded sampling). Up to ``replay_slices`` slices per patient (option, default 4; evenly spread from base to
+(seeded sampling). Up to ``slices`` slices per patient (``[options.stencil-replay]``, default 4; evenly spread from base to
 apex) keep the cost at a few sampling passes. The near-copy distance (shift/flip/intensity-robust) is saved too.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ class StencilReplay(Attack):
 
     def run(self, ctx: AuditContext) -> AttackResult:
         gen = generator_or_skip(ctx)
-        per_patient = int(option(ctx, "replay_slices", 4))
+        per_patient = int(option(ctx, "stencil-replay", "slices", 4))
         tables, outputs, pixel, near = [], [], [], []
         for table in (ctx.members, ctx.nonmembers):
             t = table.take(spread_rows(table, per_patient))
@@ -68,7 +68,7 @@ class StencilReplay(Attack):
             outputs.append(out)
             pixel.append(((out - t.images.float()).flatten(1).norm(dim=1) / pixel_scale(t)).double().numpy())
             near.append(near_copy_pair_distance(out, t.images).numpy())
-        k = min(int(option(ctx, "replay_pairs", 8)), len(pixel[0]))
+        k = min(int(option(ctx, "stencil-replay", "pairs", 8)), len(pixel[0]))
         closest = np.argsort(pixel[0], kind="stable")[:k]
         idx = torch.from_numpy(closest)
         arrays = {"member_pixel_distance": pixel[0], "nonmember_pixel_distance": pixel[1],

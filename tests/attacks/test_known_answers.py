@@ -22,7 +22,7 @@ from cmraudit.selection import select_attacks
 from cmraudit.stats import load_scores, save_scores, summarize
 from cmraudit.testkit import sample_table
 
-OPTIONS = {"features": False, "lira_shadows": 2, "selection_shadows": 1}
+OPTIONS = {"attacks": {"features": False}, "lira": {"shadows": 2}, "loss": {"selection_shadows": 1}}
 FRACTIONS = {"members": 0.3, "nonmembers": 0.3, "reference": 0.15, "test": 0.25}
 
 

@@ -14,7 +14,7 @@ BUILT_IN = ["gan-leaks", "gan-leaks-cal", "monte-carlo", "domias", "lira", "sten
 
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_attack_contract(name):
-    result = check_attack(get("attacks", name), options={"features": False, "lira_shadows": 2})
+    result = check_attack(get("attacks", name), options={"attacks": {"features": False}, "lira": {"shadows": 2}})
     assert len(result.member_scores) > 0
 
 

@@ -27,7 +27,7 @@ def test_dcr_share_detects_closer_training_set():
 
 
 def test_memorization_contract_and_outputs():
-    result = check_attack(get("attacks", "memorization"), options={"features": False})
+    result = check_attack(get("attacks", "memorization"), options={"attacks": {"features": False}})
     d = result.details
     assert result.level == "patient"
     assert set(d["dcr_share"]) == {"pixel", "near_copy"}
