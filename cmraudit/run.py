@@ -80,6 +80,13 @@ class AuditRun:
 
     # -------------------------------------------------------------------------------------------------- paths
     @property
+    def results(self) -> dict[str, Any]:
+        """The results.json document as it stands (loaded by ``prepare``)."""
+        self.prepare()
+        assert self.doc is not None
+        return self.doc
+
+    @property
     def results_path(self) -> Path:
         return self.out / "results.json"
 
