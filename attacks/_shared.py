@@ -29,11 +29,36 @@ def pixel_scale(table: SliceTable) -> float:
 
 
 def slice_result(ctx: AuditContext, member_scores: np.ndarray, nonmember_scores: np.ndarray,
-                 details: dict[str, Any] | None = None, arrays: dict[str, np.ndarray] | None = None) -> AttackResult:
-    """An AttackResult with one score per member / non-member slice, in table order."""
+                 details: dict[str, Any] | None = None, arrays: dict[str, np.ndarray] | None = None,
+                 tables: tuple[SliceTable, SliceTable] | None = None) -> AttackResult:
+    """An AttackResult with one score per member / non-member slice, in the order of ``tables`` (default: every
+    member and non-member slice)."""
+    members, nonmembers = tables or (ctx.members, ctx.nonmembers)
     return AttackResult(np.asarray(member_scores, np.float64), np.asarray(nonmember_scores, np.float64),
-                        ctx.members.patients.copy(), ctx.nonmembers.patients.copy(), level="slice",
+                        members.patients.copy(), nonmembers.patients.copy(), level="slice",
                         details=details or {}, arrays=arrays or {})
+
+
+def scored_part(ctx: AuditContext, role: str) -> SliceTable:
+    """A split role's slices as attacks that run the network on every slice score them.
+
+    Every slice on the standard profile. On the CPU profiles at most ``max_slices_per_patient`` per patient
+    (``[options.attacks]``, default 8), evenly spread over the patient's phases and base-to-apex positions: the
+    privacy unit is the patient, and a few slices per patient carry its signal at a fraction of the cost."""
+    key = f"scored:{role}"
+    if key not in ctx.cache:
+        table = ctx.part(role)
+        default = None if ctx.profile == "standard" else 8
+        limit = option(ctx, "attacks", "max_slices_per_patient", default)
+        if limit:
+            keep = []
+            for rows in table.patient_rows().values():
+                rows = rows[np.lexsort((table.slice_index[rows], table.phases[rows]))]
+                keep.extend(rows[np.unique(np.linspace(0, len(rows) - 1, min(int(limit), len(rows))).round()
+                                           .astype(int))])
+            table = table.take(np.sort(np.asarray(keep, dtype=np.int64)))
+        ctx.cache[key] = table
+    return ctx.cache[key]
 
 
 @torch.no_grad()

@@ -77,6 +77,7 @@ def _distance_signal(samples: torch.Tensor, table, ctx: AuditContext) -> np.ndar
 
 class LiRA(Attack):
     name = "lira"
+    trains_shadows = True
     description = (f"Offline LiRA: K shadow generators (option shadows, default {DEFAULT_SHADOWS}) trained on "
                    "random halves of the reference patients calibrate each example's signal. Cost: K extra "
                    "training runs per model.")

@@ -272,6 +272,9 @@ class Attack(abc.ABC):
     description: ClassVar[str] = ""
     #: paper the method follows, shown in the report
     reference: ClassVar[str] = ""
+    #: True for attacks that train shadow generators (K times a model's training time): the ``mia`` and ``all``
+    #: groups include them only on the standard profile; naming the attack runs it on any profile
+    trains_shadows: ClassVar[bool] = False
 
     def applies_to(self, generator: Generator | None) -> str | None:
         """None when the attack can run against this generator, else the reason it cannot."""

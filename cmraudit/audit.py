@@ -45,7 +45,7 @@ def attack_names(run: "AuditRun", generator: "Generator") -> tuple[list[str], di
     """(attacks to run, {attack: reason} for those the spec's group left out because they do not apply)."""
     from .selection import resolve_attacks
 
-    return resolve_attacks(run.config.attacks, generator)
+    return resolve_attacks(run.config.attacks, generator, run.config.profile)
 
 
 def metric_names(run: "AuditRun") -> list[str]:

@@ -16,7 +16,11 @@ def _parse(spec: str | list[str] | tuple[str, ...] | None) -> list[str]:
     return [p.strip() for p in parts if p and p.strip()]
 
 
-def _group(name: str, generator: Any, attacks: dict[str, type]) -> tuple[list[str], dict[str, str]]:
+#: profiles on which the groups include attacks that train shadow generators
+SHADOW_PROFILES = ("standard",)
+
+
+def _group(name: str, generator: Any, attacks: dict[str, type], profile: str) -> tuple[list[str], dict[str, str]]:
     kinds = GROUPS[name]
     chosen, skipped = [], {}
     for key in sorted(attacks, key=lambda k: (kinds.index(attacks[k].kind) if attacks[k].kind in kinds else 99, k)):
@@ -24,6 +28,9 @@ def _group(name: str, generator: Any, attacks: dict[str, type]) -> tuple[list[st
         if cls.kind not in kinds:
             continue
         reason = cls().applies_to(generator)
+        if not reason and cls.trains_shadows and profile not in SHADOW_PROFILES:
+            reason = (f"trains shadow generators (several times the model's training time), so groups include it on "
+                      f"the {' / '.join(SHADOW_PROFILES)} profile only; name it to run it here (--attack {name},{key})")
         if reason:
             skipped[key] = str(reason)
         else:
@@ -31,7 +38,8 @@ def _group(name: str, generator: Any, attacks: dict[str, type]) -> tuple[list[st
     return chosen, skipped
 
 
-def resolve_attacks(spec: str | list[str] | None, generator: Any) -> tuple[list[str], dict[str, str]]:
+def resolve_attacks(spec: str | list[str] | None, generator: Any, profile: str = "standard"
+                    ) -> tuple[list[str], dict[str, str]]:
     """(attacks to run, {attack: reason} for those a group left out because they do not apply).
 
     Names given explicitly are returned even when they do not apply, so the run records them as skipped with the
@@ -45,7 +53,7 @@ def resolve_attacks(spec: str | list[str] | None, generator: Any) -> tuple[list[
         if token in ("none", "off"):
             continue
         if token in GROUPS:
-            names, why = _group(token, generator, attacks)
+            names, why = _group(token, generator, attacks, profile)
             skipped.update(why)
         elif token in attacks:
             names = [token]
@@ -56,6 +64,6 @@ def resolve_attacks(spec: str | list[str] | None, generator: Any) -> tuple[list[
     return chosen, {k: v for k, v in skipped.items() if k not in chosen}
 
 
-def select_attacks(spec: str | list[str] | None, generator: Any) -> list[str]:
+def select_attacks(spec: str | list[str] | None, generator: Any, profile: str = "standard") -> list[str]:
     """The attack names to run for ``spec`` (``mia``, ``all``, ``none`` or comma-separated names and groups)."""
-    return resolve_attacks(spec, generator)[0]
+    return resolve_attacks(spec, generator, profile)[0]

@@ -37,3 +37,15 @@ def test_selection_groups_and_names():
     assert select_attacks("none", None) == []
     with pytest.raises(UsageError, match="no-such-attack"):
         select_attacks("gan-leaks,no-such-attack", None)
+
+
+def test_shadow_training_attacks_join_groups_on_the_standard_profile_only():
+    from cmraudit.api import Conditioning
+    from cmraudit.testing import TinyGenerator
+
+    generator = TinyGenerator(TinyGenerator.make_config("smoke"), Conditioning(image_size=16))
+    assert registered("attacks")["lira"].trains_shadows
+    chosen, skipped = resolve_attacks("mia", generator, profile="quick")
+    assert "lira" not in chosen and "--attack mia,lira" in skipped["lira"]
+    assert "lira" in resolve_attacks("mia,lira", generator, profile="quick")[0]  # named: runs on any profile
+    assert "lira" in resolve_attacks("mia", generator, profile="standard")[0]
