@@ -120,6 +120,19 @@ def run_metric(ctx: AuditContext, name: str) -> dict[str, Any]:
     return {**base, "status": "ok", "values": R.jsonable(out), "seconds": round(time.perf_counter() - start, 3)}
 
 
+def record_baselines(doc: dict[str, Any], values: dict[str, Any]) -> None:
+    """Lift what "as good as real" is out of the metric values into results.json's ``baselines``: each fidelity
+    value's real-vs-real counterpart and the segmenter trained on real members (TRTR). They do not depend on the
+    model (same real data, same masks), so the latest model's numbers stand for all."""
+    baselines = doc.setdefault("baselines", {})
+    for key, value in values.items():
+        real = (value.get("details") or {}).get("real_vs_real")
+        if isinstance(real, (int, float)) or real is None and "real_vs_real" in (value.get("details") or {}):
+            baselines.setdefault("real_vs_real", {})[key] = real
+        if key.startswith("trtr_"):
+            baselines.setdefault("trtr", {})[key] = value.get("value")
+
+
 def audit_model(run: "AuditRun", spec: "ModelSpec") -> None:
     from .run import ProgressEvent, describe_error
 
@@ -152,6 +165,8 @@ def audit_model(run: "AuditRun", spec: "ModelSpec") -> None:
             entry[kind][name] = run_attack(run, ctx, name) if kind == "attacks" else run_metric(ctx, name)
             state = entry[kind][name]["status"]
             run.progress(ProgressEvent("audit", spec.name, "done" if state == "ok" else state, f"{kind[:-1]} {name}"))
+            if kind == "metrics" and entry[kind][name]["status"] == "ok":
+                record_baselines(run.doc, entry[kind][name]["values"])
             run.save()
     entry["stages"]["audit"] = True
     entry["status"] = "ok"

@@ -13,6 +13,8 @@ def atomic_open(path: Path | str, mode: str = "wb") -> Iterator[IO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates 0600; give the file the permissions an ordinary open() would (CI artefacts, shared folders)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -23,6 +25,12 @@ def atomic_open(path: Path | str, mode: str = "wb") -> Iterator[IO]:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:

@@ -197,3 +197,13 @@ def test_cli_run_then_gate(fakes, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", str(out), "--redact"])
     assert exit_info.value.code == 2
+
+
+def test_baselines_lift_real_vs_real_and_trtr():
+    from cmraudit.audit import record_baselines
+
+    doc: dict = {"baselines": {}}
+    record_baselines(doc, {"fd": {"value": 3.0, "details": {"real_vs_real": 0.4}},
+                           "trtr_dice": {"value": 0.87, "details": {}},
+                           "tstr_dice": {"value": 0.6, "details": {"trtr": 0.87}}})
+    assert doc["baselines"] == {"real_vs_real": {"fd": 0.4}, "trtr": {"trtr_dice": 0.87}}
