@@ -88,3 +88,33 @@ def test_metrics_are_registered():
 
     metrics = registered("metrics")
     assert metrics["fidelity"].category == "fidelity" and metrics["utility"].category == "utility"
+
+
+def test_patient_accuracy_matches_scikit_learn():
+    from sklearn.metrics import balanced_accuracy_score
+
+    from cmraudit.attacks.utility import patient_accuracy
+    from cmraudit.data.types import PATHOLOGIES
+    from cmraudit.testing import tiny_table
+
+    table = tiny_table(n_patients=12, slices_per_patient=2, image_size=16)
+    rng = np.random.default_rng(0)
+    guesses = {p: int(rng.integers(0, 5)) for p in table.patient_ids}
+    images = table.images.clone()
+    for i, p in enumerate(table.patients):
+        images[i, 0, 0, 0] = guesses[p]  # the "network" reads its answer from the first pixel
+
+    class Reader(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), len(PATHOLOGIES)).float() * 10
+
+    out = patient_accuracy(Reader(), dataclasses.replace(table, images=images))
+    labels = table.patient_labels()
+    truth = [PATHOLOGIES.index(labels[p][1]) for p in table.patient_ids]
+    guess = [guesses[p] for p in table.patient_ids]
+    assert out["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(truth, guess))
+    assert out["accuracy"] == pytest.approx(np.mean(np.asarray(truth) == np.asarray(guess)))
