@@ -26,3 +26,17 @@ def test_wheel_contains_builtin_plugins_and_templates(tmp_path):
     schemas = [p.name for p in (ROOT / "cmraudit").glob("*.json")]
     for schema in schemas:
         assert f"cmraudit/{schema}" in names
+
+
+def test_installed_code_imports_only_runtime_dependencies():
+    """`pip install -e .` (no dev extra) must be enough to run: no test-only package is imported by package code."""
+    import re
+
+    dev_only = ("sklearn", "faiss")
+    for folder in ("cmraudit", "plugins", "attacks", "reports"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path.name == "testing.py":  # the pytest helpers for plugin authors import pytest on demand
+                continue
+            for line in path.read_text().splitlines():
+                m = re.match(r"\s*(?:from|import)\s+(\w+)", line)
+                assert not (m and m.group(1) in dev_only), f"{path.relative_to(ROOT)} imports {m.group(1)}"
