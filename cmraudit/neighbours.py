@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 
 RERANK_EXTRA = 3  # float32 candidates beyond k re-scored exactly in float64
+#: float32 unit roundoff times a safety factor of 16: a score's rounding error is about u·sqrt(D)·(‖q‖² + ‖r‖²)
+_ROUNDING_MARGIN = 16 * 2.0 ** -24
 DEFAULT_MEMORY_MB = 256
 
 
@@ -62,24 +64,39 @@ def knn(queries: torch.Tensor, refs: torch.Tensor, k: int = 1, *, memory_mb: int
     k = min(k, r.shape[0])
     m = min(k + RERANK_EXTRA, r.shape[0])
     r_sq = (r * r).sum(1)
+    r_sq_max = r_sq.max()
     chunk = _rows_per_chunk(r.shape[0] * 4 * 2, memory_mb)
     dist, index = [], []
     for start in range(0, q.shape[0], chunk):
         qc = q[start:start + chunk].to(dev)
         # ‖r‖² − 2 q·r ranks references for a fixed query (‖q‖² is constant along the row)
         score = torch.addmm(r_sq, qc, r.T, beta=1.0, alpha=-2.0)
-        cand = score.topk(m, dim=1, largest=False).indices if m > 1 else score.argmin(1, keepdim=True)
-        d, i = _exact_rerank(qc, r, cand, k)
+        vals, cand = score.topk(m, dim=1, largest=False)
+        # Re-score in float64 only the rows whose k-th and next candidates are closer than float32 rounding could
+        # blur (a tolerance of many times the typical error of a length-D dot product); elsewhere the float32
+        # order is already exact and only the k distances are recomputed in float64.
+        d, i = _exact_distances(qc, r, cand[:, :k])
+        if m > k:
+            tol = _ROUNDING_MARGIN * (qc * qc).sum(1) + _ROUNDING_MARGIN * r_sq_max
+            rows = torch.nonzero(vals[:, k] - vals[:, k - 1] <= tol * (q.shape[1] ** 0.5)).flatten()
+            if rows.numel():
+                d[rows], i[rows] = _exact_rerank(qc[rows], r, cand[rows], k)
         dist.append(d.cpu())
         index.append(i.cpu())
     return Neighbours(torch.cat(dist), torch.cat(index))
 
 
-def _exact_rerank(qc: torch.Tensor, r: torch.Tensor, cand: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    diff = qc.double().unsqueeze(1) - r[cand].double()
-    d = diff.pow_(2).sum(-1).sqrt_()
+def _exact_distances(qc: torch.Tensor, r: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances to given candidates, sorted (stable). Differences are taken in float32 (one rounding each, relative
+    error 2^-24) and squared-summed in float64, so there is no cancellation as in ‖q‖² + ‖r‖² − 2q·r."""
+    d = (qc.unsqueeze(1) - r[cand]).pow_(2).sum(-1, dtype=torch.float64).sqrt_()
     d, order = d.sort(dim=1, stable=True)
-    return d[:, :k], cand.gather(1, order[:, :k])
+    return d, cand.gather(1, order)
+
+
+def _exact_rerank(qc: torch.Tensor, r: torch.Tensor, cand: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    d, i = _exact_distances(qc, r, cand)
+    return d[:, :k], i[:, :k]
 
 
 def group_nearest(queries: torch.Tensor, refs: torch.Tensor, groups: np.ndarray, *,

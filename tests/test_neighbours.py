@@ -66,3 +66,21 @@ def test_near_copy_distance_is_a_correlation_distance_between_unrelated_images()
     torch.testing.assert_close(d, expected, rtol=1e-4, atol=1e-5)
     dist, idx, _ = nb.near_copy_group_nearest(a, b, np.arange(30) % 5)
     assert dist.shape == (30, 5) and (dist > 0.3).all()
+
+
+def test_near_ties_are_resolved_in_float64():
+    """Two references closer to each other than float32 scores can tell apart: the exact nearest still wins."""
+    g = torch.Generator().manual_seed(3)
+    refs = torch.rand(50, 1, 32, 32, generator=g) * 2 - 1
+    queries = torch.rand(20, 1, 32, 32, generator=g) * 2 - 1
+    twin = queries.clone()
+    twin[:, 0, 0, 0] += 1e-3                      # nearly the query itself...
+    near = queries.clone()
+    near[:, 0, 0, 0] += 1.2e-3                    # ...and a slightly farther near-twin, listed first
+    refs = torch.cat([near, refs, twin])
+    out = nb.knn(queries, refs, k=2)
+    exact = torch.cdist(queries.flatten(1).double(), refs.flatten(1).double(),
+                        compute_mode="donot_use_mm_for_euclid_dist")  # the mm shortcut cancels like float32 does
+    assert torch.equal(out.index[:, 0], exact.argmin(1))
+    assert (out.index[:, 0] >= 70).all() and (out.index[:, 1] < 20).all()
+    torch.testing.assert_close(out.distance[:, 0], exact.min(1).values, rtol=1e-6, atol=1e-9)
