@@ -50,8 +50,10 @@ def unet_profiles() -> dict[str, dict[str, Any]]:
     return {
         "smoke": dict(channels=(8, 16), norm_groups=4, attention_levels=(False, False), sample_steps=3,
                       num_head_channels=8, signal_levels=(0.1, 0.5)),
+        # three signal levels spanning the range (each is one network call per scored slice): on the quick
+        # profile the most revealing level differed by family, low noise for flow, 0.5 for diffusion
         "quick": dict(channels=(16, 32, 32), norm_groups=8, attention_levels=(False, False, False), lr=1e-3,
-                      sample_steps=10),
+                      sample_steps=10, signal_levels=(0.05, 0.2, 0.5)),
         "standard": dict(channels=(64, 128, 128, 256), num_res_blocks=2, norm_groups=32,
                          attention_levels=(False, False, True, True), num_head_channels=32, lr=2e-4,
                          sample_steps=25, guidance_scale=1.5, mask_dropout=0.05),
