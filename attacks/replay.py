@@ -7,8 +7,8 @@ give the null distribution: a generator that only learned "anatomy → plausible
 for both groups, since the mask alone explains the shared anatomy.
 
 Score per slice: −‖G(mask) − x‖ / sqrt(HW) for the patient's real slice x and its own mask, vendor and pathology
-(seeded sampling). Up to ``slices`` slices per patient (``[options.stencil-replay]``, default 4; evenly spread from base to
-apex) keep the cost at a few sampling passes. The near-copy distance (shift/flip/intensity-robust) is saved too.
+(seeded sampling). Up to ``slices`` slices per patient (``[options.stencil-replay]``, default 4 on the standard
+profile, 3 on the CPU ones; evenly spread from base to apex) keep the cost at a few sampling passes. The near-copy distance (shift/flip/intensity-robust) is saved too.
 """
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ class StencilReplay(Attack):
 
     def run(self, ctx: AuditContext) -> AttackResult:
         gen = generator_or_skip(ctx)
-        per_patient = int(option(ctx, "stencil-replay", "slices", 4))
+        # every replayed slice is one sampling run: 3 per patient on the CPU profiles, 4 on the standard profile
+        per_patient = int(option(ctx, "stencil-replay", "slices", 4 if ctx.profile == "standard" else 3))
         tables, outputs, pixel, near = [], [], [], []
         for table in (ctx.members, ctx.nonmembers):
             t = table.take(spread_rows(table, per_patient))
