@@ -72,52 +72,55 @@ def _finished(entry: dict[str, Any] | None, run: "AuditRun") -> bool:
     return entry.get("scores") is None or (run.out / entry["scores"]).exists()
 
 
-def run_attack(run: "AuditRun", ctx: AuditContext, name: str) -> dict[str, Any]:
+def _guarded(kind: str, name: str, base: dict[str, Any], generator: Any, work) -> dict[str, Any]:
+    """Run one attack's or metric's ``work(plugin)`` and turn the outcome into its results.json entry: ``ok`` with
+    what ``work`` returns, ``skipped`` with the reason (``applies_to`` or NotApplicable), or ``failed`` with an
+    error naming the plugin. A plugin's crash never stops the run."""
     from .registry import get
     from .run import describe_error, plugin_label
-    from .stats import save_scores, summarize
 
-    cls = get("attacks", name)
-    base = {"kind": getattr(cls, "kind", "mia"), "plugin": cls.__module__, "reference": cls.reference or None}
+    cls = get(f"{kind}s", name)
+    base = {**base, "plugin": cls.__module__, "reference": cls.reference or None}
     start = time.perf_counter()
     try:
-        attack = cls()
-        reason = attack.applies_to(ctx.generator)
+        plugin = cls()
+        reason = plugin.applies_to(generator)
         if reason:
             return {**base, "status": "skipped", "reason": str(reason)}
-        result = attack.run(ctx)
-        summary = summarize(result)
-        path = run.scores_path(ctx.model, name)
-        save_scores(result, path)
+        out = work(plugin)
     except NotApplicable as exc:
         return {**base, "status": "skipped", "reason": str(exc) or "not applicable"}
     except Exception as exc:
-        return {**base, "status": "failed", "error": describe_error(exc, plugin_label("attack", name, cls))}
-    return {**base, **R.jsonable(summary), "status": "ok", "level": result.level, "scores": run.rel(path),
-            "details": R.jsonable(result.details), "seconds": round(time.perf_counter() - start, 3)}
+        return {**base, "status": "failed", "error": describe_error(exc, plugin_label(kind, name, cls))}
+    return {**base, **out, "status": "ok", "seconds": round(time.perf_counter() - start, 3)}
+
+
+def run_attack(run: "AuditRun", ctx: AuditContext, name: str) -> dict[str, Any]:
+    from .registry import get
+    from .stats import save_scores, summarize
+
+    def work(attack) -> dict[str, Any]:
+        result = attack.run(ctx)
+        summary = summarize(result)  # every number from the one shared implementation
+        path = run.scores_path(ctx.model, name)
+        save_scores(result, path)
+        return {**R.jsonable(summary), "level": result.level, "scores": run.rel(path),
+                "details": R.jsonable(result.details)}
+
+    return _guarded("attack", name, {"kind": getattr(get("attacks", name), "kind", "mia")}, ctx.generator, work)
 
 
 def run_metric(ctx: AuditContext, name: str) -> dict[str, Any]:
     from .registry import get
-    from .run import describe_error, plugin_label
 
-    cls = get("metrics", name)
-    base = {"category": getattr(cls, "category", "fidelity"), "plugin": cls.__module__,
-            "reference": cls.reference or None}
-    start = time.perf_counter()
-    try:
-        metric = cls()
-        reason = metric.applies_to(ctx.generator)
-        if reason:
-            return {**base, "status": "skipped", "reason": str(reason)}
+    def work(metric) -> dict[str, Any]:
         values = metric.compute(ctx)
-        out = {key: {"value": v.value, "direction": v.direction, "ci": list(v.ci) if v.ci else None,
-                     "details": v.details} for key, v in values.items()}
-    except NotApplicable as exc:
-        return {**base, "status": "skipped", "reason": str(exc) or "not applicable"}
-    except Exception as exc:
-        return {**base, "status": "failed", "error": describe_error(exc, plugin_label("metric", name, cls))}
-    return {**base, "status": "ok", "values": R.jsonable(out), "seconds": round(time.perf_counter() - start, 3)}
+        return {"values": R.jsonable({key: {"value": v.value, "direction": v.direction,
+                                            "ci": list(v.ci) if v.ci else None, "details": v.details}
+                                      for key, v in values.items()})}
+
+    return _guarded("metric", name, {"category": getattr(get("metrics", name), "category", "fidelity")},
+                    ctx.generator, work)
 
 
 def record_baselines(doc: dict[str, Any], values: dict[str, Any]) -> None:
@@ -126,9 +129,9 @@ def record_baselines(doc: dict[str, Any], values: dict[str, Any]) -> None:
     model (same real data, same masks), so the latest model's numbers stand for all."""
     baselines = doc.setdefault("baselines", {})
     for key, value in values.items():
-        real = (value.get("details") or {}).get("real_vs_real")
-        if isinstance(real, (int, float)) or real is None and "real_vs_real" in (value.get("details") or {}):
-            baselines.setdefault("real_vs_real", {})[key] = real
+        details = value.get("details") or {}
+        if "real_vs_real" in details:
+            baselines.setdefault("real_vs_real", {})[key] = details["real_vs_real"]
         if key.startswith("trtr_"):
             baselines.setdefault("trtr", {})[key] = value.get("value")
 

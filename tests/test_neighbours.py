@@ -68,7 +68,7 @@ def test_near_copy_distance_is_a_correlation_distance_between_unrelated_images()
     assert dist.shape == (30, 5) and (dist > 0.3).all()
 
 
-def test_near_ties_are_resolved_in_float64():
+def test_near_twins_resolve_to_the_exact_nearest():
     """Two references closer to each other than float32 scores can tell apart: the exact nearest still wins."""
     g = torch.Generator().manual_seed(3)
     refs = torch.rand(50, 1, 32, 32, generator=g) * 2 - 1

@@ -44,26 +44,12 @@ def _preparse_plugins(argv: list[str]) -> None:
 
 
 def _add_commands() -> None:
-    from . import data as _data  # noqa: F401  (registers `cmraudit data ...`)
+    from . import data as _data  # noqa: F401  (each module registers its commands on `app`)
     from . import plugins_cmd as _plugins  # noqa: F401
+    from . import run as _run  # noqa: F401
     from ..registry import load_plugins
 
-    for module in _command_modules():
-        __import__(module)
     load_plugins().hook.cmraudit_register_commands(app=app)
-
-
-def _command_modules() -> list[str]:
-    """Optional command modules: present once their part of cmraudit is built."""
-    import importlib.util
-
-    names = ["cmraudit.cli.run"]
-    return [n for n in names if importlib.util.find_spec(n) is not None]
-
-
-def fail(message: str, code: int = 1) -> None:
-    typer.echo(f"cmraudit: error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _one_line_data_warnings() -> None:

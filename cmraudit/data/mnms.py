@@ -24,7 +24,7 @@ import numpy as np
 
 from ..api import DatasetSource
 from ..errors import DataError, UsageError
-from .nifti import as_image, as_labels, check_same_shape, read_nifti, spacing_hwz, to_zhw, warn_skipped
+from .nifti import as_image, as_labels, read_raw_pair, spacing_hwz, to_zhw, warn_skipped
 from .types import VENDORS, PatientVolume
 
 REQUIRED_COLUMNS = ("External code", "Vendor", "ED", "ES", "Pathology")
@@ -77,12 +77,7 @@ def read_case(code: str, image_path: Path, mask_path: Path, row: dict[str, str],
     vendor = row["Vendor"].strip().upper()
     if vendor not in VENDORS:
         raise DataError(f"{csv_path}: unknown Vendor {row['Vendor']!r} for {code} (expected {', '.join(VENDORS)})")
-    image4d, zooms = read_nifti(image_path)
-    mask4d, _ = read_nifti(mask_path)
-    for path, data in ((image_path, image4d), (mask_path, mask4d)):
-        if data.ndim != 4:
-            raise DataError(f"{path}: expected a 4-D (X, Y, Z, T) volume, got shape {data.shape}")
-    check_same_shape(image4d, mask4d, image_path, mask_path)
+    image4d, mask4d, zooms = read_raw_pair(image_path, mask_path, 4, "X, Y, Z, T")
     images, masks = {}, {}
     frames = {}
     for phase in ("ED", "ES"):

@@ -118,14 +118,21 @@ def check_same_shape(image: np.ndarray, mask: np.ndarray, image_path: Path | str
                         f"{tuple(image.shape)} of {Path(image_path).name}")
 
 
-def read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """A 3-D image and its label mask as ``(Z, H, W)`` arrays, plus (H, W, Z) spacing in millimetres."""
+def read_raw_pair(image_path: Path, mask_path: Path, ndim: int, axes: str
+                  ) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """An image and its mask as stored, both ``ndim``-D (``axes`` names them for the error) and of one shape."""
     raw_image, zooms = read_nifti(image_path)
     raw_mask, _ = read_nifti(mask_path)
     for path, raw in ((image_path, raw_image), (mask_path, raw_mask)):
-        if raw.ndim != 3:
-            raise DataError(f"{path}: expected a 3-D volume, got shape {raw.shape}")
+        if raw.ndim != ndim:
+            raise DataError(f"{path}: expected a {ndim}-D ({axes}) volume, got shape {raw.shape}")
     check_same_shape(raw_image, raw_mask, image_path, mask_path)
+    return raw_image, raw_mask, zooms
+
+
+def read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """A 3-D image and its label mask as ``(Z, H, W)`` arrays, plus (H, W, Z) spacing in millimetres."""
+    raw_image, raw_mask, zooms = read_raw_pair(image_path, mask_path, 3, "X, Y, Z")
     image = as_image(raw_image, image_path)
     labels = as_labels(raw_mask, mask_path)
     return to_zhw(image), to_zhw(labels), spacing_hwz(zooms, image_path)
