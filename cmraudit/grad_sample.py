@@ -1,4 +1,4 @@
-"""Faster exact per-example gradients for Opacus: grouped-convolution weight gradients for Conv2d.
+"""Faster exact per-example gradients for Opacus: conv and Linear samplers, no discarded weight gradients.
 
 Opacus' default Conv2d grad sampler unfolds every activation (im2col, a k²-times larger copy) and runs one small
 matrix product per example; on CPU that costs 5-7x the layer's ordinary weight gradient and made DP steps of conv
@@ -6,13 +6,31 @@ UNets 2-3x slower than non-DP ones. Rochette, Manoel & Tramel ("Efficient Per-Ex
 Convolutional Neural Networks", 2019) observe that the per-example weight gradients of a convolution are the weight
 gradient of *one* grouped convolution in which the batch is folded into the channels (groups = N x groups); torch's
 own ``convolution_backward`` then computes them at about the cost of the ordinary weight gradient for layers with
-large feature maps. Opacus' unfold stays faster for small, wide ones (8x8 and below), which keep it. Both give the
-same per-example gradients (checked against Opacus in the tests).
+large feature maps whose channel counts fill oneDNN's vector blocks (multiples of 16). For other channel counts
+(a mask concatenated to the features gives 20 or 36) one dense weight gradient per example is 2-8x faster on CPU,
+and Opacus' unfold stays fastest for small maps (8x8 and below). All give the same per-example gradients
+(checked against Opacus in the tests).
 
 ``FastGradSampleModule`` also leaves the backprops unscaled (Opacus' ``loss_reduction="mean"`` multiplies every
 layer's output gradient, an activation-sized tensor, by the batch size) and applies that factor to the much
 smaller per-example gradients in ``runner.fold_grad_samples`` instead; and it stores each layer's per-example
 gradients as computed instead of copying them into a freshly zeroed buffer first.
+
+Finally, it stops autograd from computing the ordinary (summed) weight gradients that DP-SGD throws away: while a
+layer whose input already requires a gradient runs its forward pass, its parameters are marked as not requiring
+one, so the recorded backward node computes the input gradient only; they require gradients again as soon as the
+forward call returns (before the backward pass, the optimiser step and the next forward). The per-example
+gradients come from the hooks, which need only the layer's input and output gradient. Layers fed by tensors that
+need no gradient (the first convolution, embeddings) keep their parameters trainable, since otherwise no gradient
+would reach them at all. This removes roughly a third of a conv net's backward FLOPs from every DP step.
+
+Linear layers on (batch, features) inputs keep their per-example gradients factored ("ghost clipping", Goodfellow
+2015, "Efficient Per-Example Gradient Computations"; Li et al. 2022, "Large Language Models Can Be Strong
+Differentially Private Learners"; Bu et al. 2023, "Differentially Private Optimization on Large Model at Small
+Cost"): example i's gradient is the outer product g_i a_iᵀ of its output gradient and input, so its norm is
+‖g_i‖·‖a_i‖ and the clipped sum Σ c_i g_i a_iᵀ is one matrix product. The (batch, out, in) tensor of per-example
+gradients, the VAE's and GAN's largest (a few hundred MB per step at 64x64), is never built. ``FastDPOptimizer``
+clips such ``FactoredGrad`` samples and ordinary ones together.
 """
 from __future__ import annotations
 
@@ -23,7 +41,58 @@ from opacus.grad_sample import GradSampleModule
 from opacus.grad_sample.conv import compute_conv_grad_sample
 from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
 from opacus.grad_sample.grad_sample_module import promote_current_grad_sample
+from opacus.grad_sample.linear import compute_linear_grad_sample
+from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch import nn
+
+
+class FactoredGrad:
+    """Per-example gradients of a Linear weight as factors: a (R, B, in) inputs and g (R, B, out) output gradients.
+
+    Example i's gradient is Σ_r g[r, i]ᵀ a[r, i], one term per block of rows in which it appeared (a GAN
+    discriminator sees each example twice, real and fake). ``len`` is the batch size B, as for a tensor sample.
+    """
+
+    def __init__(self, a: torch.Tensor, g: torch.Tensor) -> None:
+        self.a, self.g = a, g
+
+    def __len__(self) -> int:
+        return self.a.shape[1]
+
+    def squared_norms(self) -> torch.Tensor:
+        """‖Σ_r g_rᵀ a_r‖²_F per example, = Σ_{r,s} (a_r·a_s)(g_r·g_s): (B,)."""
+        a, g = self.a.float(), self.g.float()
+        if a.shape[0] == 1:
+            return a[0].pow(2).sum(1) * g[0].pow(2).sum(1)
+        return (torch.einsum("rbi,sbi->brs", a, a) * torch.einsum("rbo,sbo->brs", g, g)).sum((1, 2))
+
+    def weighted_sum(self, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Σ_i w_i · gradient_i, shaped like the weight (out, in): one matrix product."""
+        g = (self.g.to(dtype) * weights.to(dtype)[None, :, None]).flatten(0, 1)
+        return g.T @ self.a.to(dtype).flatten(0, 1)
+
+    def materialise(self) -> torch.Tensor:
+        """The (B, out, in) per-example gradients, summed over blocks (tests and debugging)."""
+        return torch.einsum("rbo,rbi->boi", self.g.float(), self.a.float())
+
+    def per_row(self) -> torch.Tensor:
+        """One (out, in) gradient per row of every block, (R·B, out, in): for folding with ordinary samples."""
+        return torch.einsum("ro,ri->roi", self.g.flatten(0, 1), self.a.flatten(0, 1))
+
+
+def linear_grad_sample(layer: nn.Linear, activations: List[torch.Tensor],
+                       backprops: torch.Tensor) -> Dict[nn.Parameter, object]:
+    """Linear on (batch, features): factored weight gradients, bias gradients as rows. Other shapes: Opacus."""
+    a = activations[0]
+    if a.dim() != 2:
+        return compute_linear_grad_sample(layer, activations, backprops)
+    out: Dict[nn.Parameter, object] = {}
+    if layer.weight.requires_grad:
+        out[layer.weight] = FactoredGrad(a.unsqueeze(0), backprops.unsqueeze(0))
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = backprops
+    return out
 
 
 def grouped_conv2d_grad_sample(layer: nn.Conv2d, activations: List[torch.Tensor],
@@ -43,24 +112,49 @@ def grouped_conv2d_grad_sample(layer: nn.Conv2d, activations: List[torch.Tensor]
     return out
 
 
-#: below this many output positions per feature map, Opacus' unfold beats the grouped convolution on CPU
-#: (measured: 128 channels at 8x8 output, unfold 2x faster; 16x16 and larger, grouped 1.3-3x faster)
+def looped_conv2d_grad_sample(layer: nn.Conv2d, activations: List[torch.Tensor],
+                              backprops: torch.Tensor) -> Dict[nn.Parameter, torch.Tensor]:
+    """Per-example Conv2d gradients as N ordinary weight gradients of one example each (a dense convolution per
+    call, no im2col copy): the fastest CPU route for channel counts that oneDNN's grouped kernels handle badly."""
+    x = activations[0].to(backprops.dtype)
+    out: Dict[nn.Parameter, torch.Tensor] = {}
+    if layer.weight.requires_grad:
+        weight = layer.weight.detach().to(backprops.dtype)
+        out[layer.weight] = torch.stack([torch.ops.aten.convolution_backward(
+            backprops[i:i + 1], x[i:i + 1], weight, None, layer.stride, layer.padding, layer.dilation, False,
+            [0, 0], layer.groups, [False, True, False])[1] for i in range(x.shape[0])])
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = backprops.sum(dim=(2, 3))
+    return out
+
+
+#: below this many output positions per feature map, Opacus' unfold beats the other routes on CPU
+#: (measured: 128 channels at 8x8 output, unfold 1.1-2x faster; 16x16 and larger, grouped or looped 1.3-3x faster)
 GROUPED_MIN_POSITIONS = 128
+#: oneDNN's grouped convolution is fast only when every group's channels fill its vector blocks; for other counts
+#: (the 4, 5, 20, 36 or 68 channels of a mask-concatenated input) it is 2-8x slower than one dense call per example
+GROUPED_CHANNEL_MULTIPLE = 16
 
 
 def conv2d_grad_sample(layer: nn.Conv2d, activations: List[torch.Tensor],
                        backprops: torch.Tensor) -> Dict[nn.Parameter, torch.Tensor]:
     """Per-example gradients of a Conv2d's weight and bias: (N, *weight.shape) and (N, out_channels).
 
-    Grouped convolution for feature maps of at least GROUPED_MIN_POSITIONS output positions, Opacus' unfold for
-    smaller ones. The rule is fixed, not timed, so a run computes bit-identical gradients however often it resumes.
+    Opacus' unfold for feature maps under GROUPED_MIN_POSITIONS output positions; the grouped convolution when the
+    channels per group are multiples of GROUPED_CHANNEL_MULTIPLE (always on GPUs, where N separate launches would
+    cost more); one dense weight gradient per example otherwise.
+    The rule depends on the layer's shape only, never on timings, so a run computes bit-identical gradients
+    however often it resumes.
     """
     x = activations[0]
     if isinstance(layer.padding, str) or layer.padding_mode != "zeros" or x.shape[0] == 0:
         return compute_conv_grad_sample(layer, activations, backprops)  # rare layouts: Opacus' general path
     if backprops.shape[2] * backprops.shape[3] < GROUPED_MIN_POSITIONS:
         return compute_conv_grad_sample(layer, activations, backprops)
-    return grouped_conv2d_grad_sample(layer, activations, backprops)
+    per_group = (layer.in_channels // layer.groups, layer.out_channels // layer.groups)
+    if x.device.type != "cpu" or all(c % GROUPED_CHANNEL_MULTIPLE == 0 for c in per_group):  # GPUs: one launch
+        return grouped_conv2d_grad_sample(layer, activations, backprops)
+    return looped_conv2d_grad_sample(layer, activations, backprops)
 
 
 class FastGradSampleModule(GradSampleModule):
@@ -73,7 +167,24 @@ class FastGradSampleModule(GradSampleModule):
     def __init__(self, module: nn.Module, *, strict: bool = True) -> None:
         super().__init__(module, batch_first=True, loss_reduction="sum", strict=strict)
         # an instance copy, so samplers Opacus registers later are still found for every other layer type
-        self.GRAD_SAMPLERS = {**GradSampleModule.GRAD_SAMPLERS, nn.Conv2d: conv2d_grad_sample}
+        self.GRAD_SAMPLERS = {**GradSampleModule.GRAD_SAMPLERS, nn.Conv2d: conv2d_grad_sample,
+                              nn.Linear: linear_grad_sample}
+        for module in self.iterate_submodules(self._module):
+            # prepended, so parameters require gradients again before Opacus' own forward hook looks at them
+            self.autograd_grad_sample_hooks.append(module.register_forward_pre_hook(self._skip_weight_grads))
+            self.autograd_grad_sample_hooks.append(module.register_forward_hook(_restore_weight_grads, prepend=True))
+
+    def _skip_weight_grads(self, module: nn.Module, inputs) -> None:
+        """Forward pre-hook: when an input already carries a gradient, record this call without weight gradients
+        (the hooks will compute the per-example ones)."""
+        if not (self.hooks_enabled and module.training and torch.is_grad_enabled()):
+            return
+        if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
+            return  # nothing but the parameters would carry a gradient to this layer's output
+        frozen = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        module._frozen_for_forward = frozen
 
     def capture_backprops_hook(self, module: nn.Module, _forward_input, forward_output, loss_reduction: str,
                                batch_first: bool) -> None:
@@ -93,6 +204,10 @@ class FastGradSampleModule(GradSampleModule):
             current = getattr(param, "_current_grad_sample", None)
             if current is None:
                 param._current_grad_sample = grad_sample  # may alias a backprop tensor: never modified in place
+            elif isinstance(current, FactoredGrad):  # a Linear used again: its own rows, folded later
+                param._current_grad_sample = [current, grad_sample]
+            elif isinstance(current, list):
+                current.append(grad_sample)
             else:  # the module ran more than once in this forward pass: sum row by row, padding the shorter
                 rows = max(current.shape[0], grad_sample.shape[0])
                 total = current.new_zeros((rows, *current.shape[1:])) if current.shape != grad_sample.shape else None
@@ -108,5 +223,50 @@ class FastGradSampleModule(GradSampleModule):
                 promote_current_grad_sample(p)
 
 
+def _restore_weight_grads(module: nn.Module, _inputs, _output) -> None:
+    for p in module.__dict__.pop("_frozen_for_forward", ()):
+        p.requires_grad_(True)
+
+
 def _trainable(module: nn.Module):
     return (p for p in module.parameters() if p.requires_grad)
+
+
+class FastDPOptimizer(DPOptimizer):
+    """Opacus' DPOptimizer that also clips ``FactoredGrad`` per-example gradients (see the module docstring).
+
+    Same mechanism: per-example norms over all parameters, clip factors min(1, C / (‖g_i‖ + 1e-6)), clipped sum,
+    then Opacus' own Gaussian noise and scaling."""
+
+    def _get_flat_grad_sample(self, p: torch.Tensor):
+        if isinstance(getattr(p, "grad_sample", None), FactoredGrad):
+            return p.grad_sample
+        return super()._get_flat_grad_sample(p)
+
+    @property
+    def accumulated_iterations(self) -> int:
+        counts = {len(p.grad_sample) if isinstance(p.grad_sample, list) else 1 for p in self.params}
+        if len(counts) > 1:
+            raise ValueError("parameters have per-example gradients from different numbers of backward passes")
+        return counts.pop()
+
+    def clip_and_accumulate(self) -> None:
+        samples = self.grad_samples
+        if len(samples[0]) == 0:  # empty Poisson batch: noise only
+            clip = torch.zeros((0,), device=samples[0].a.device if isinstance(samples[0], FactoredGrad)
+                               else samples[0].device)
+        else:
+            squared = sum(s.squared_norms() if isinstance(s, FactoredGrad)
+                          else s.reshape(len(s), -1).float().pow(2).sum(1) for s in samples)
+            clip = (self.max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
+        for p, sample in zip(self.params, samples):
+            if isinstance(sample, FactoredGrad):
+                if getattr(sample, "_processed", False):
+                    raise ValueError("per-example gradients clipped twice: call zero_grad() between steps")
+                grad = sample.weighted_sum(clip.to(p.device), p.dtype)
+                sample._processed = True
+            else:
+                _check_processed_flag(p.grad_sample)
+                grad = torch.einsum("i,i...", clip.to(sample.device, p.dtype), sample.to(p.dtype))
+                _mark_as_processed(p.grad_sample)
+            p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad

@@ -87,6 +87,7 @@ def fold_grad_samples(module: nn.Module, batch_size: int, where: str, scale_by_r
     scale_by_rows: the gradients were taken of a mean over R rows without Opacus' rescaling (FastGradSampleModule);
     multiply each by its R, as Opacus' ``loss_reduction="mean"`` would have done to the (larger) backprops.
     """
+    from .grad_sample import FactoredGrad  # imports Opacus: only DP runs pay for it
     for p in module.parameters():
         if not p.requires_grad:
             continue
@@ -95,6 +96,12 @@ def fold_grad_samples(module: nn.Module, batch_size: int, where: str, scale_by_r
             p.grad_sample = torch.zeros((batch_size, *p.shape), device=p.device, dtype=p.dtype)
             continue
         parts = parts if isinstance(parts, list) else [parts]
+        if any(isinstance(part, FactoredGrad) for part in parts):
+            factored = _fold_factored(parts, batch_size, where, scale_by_rows)
+            if factored is not None:
+                p.grad_sample = factored
+                continue
+            parts = [part.per_row() if isinstance(part, FactoredGrad) else part for part in parts]
         if len(parts) == 1 and parts[0].shape[0] == batch_size and parts[0].dtype == p.dtype:
             # not in place: a per-example gradient may alias a backprop shared with another parameter's
             p.grad_sample = parts[0] * batch_size if scale_by_rows else parts[0]
@@ -108,6 +115,24 @@ def fold_grad_samples(module: nn.Module, batch_size: int, where: str, scale_by_r
             block_sum = part.to(p.dtype).reshape(rows // batch_size, batch_size, *p.shape).sum(0)
             total += block_sum * rows if scale_by_rows else block_sum
         p.grad_sample = total
+
+
+def _fold_factored(parts: list, batch_size: int, where: str, scale_by_rows: bool) -> FactoredGrad | None:
+    """Blocks of factored Linear gradients stacked as (R, B, ·) factors; None when mixed with ordinary tensors."""
+    from .grad_sample import FactoredGrad
+
+    if not all(isinstance(part, FactoredGrad) for part in parts):
+        return None
+    a_blocks, g_blocks = [], []
+    for part in parts:
+        a, g = part.a.flatten(0, 1), part.g.flatten(0, 1)
+        rows = a.shape[0]
+        if rows % batch_size:
+            raise PluginError(f"{where}: a forward pass had {rows} rows for a batch of {batch_size}; "
+                              "DP needs whole blocks of the batch, in batch order")
+        a_blocks.append(a.reshape(rows // batch_size, batch_size, -1))
+        g_blocks.append((g * rows if scale_by_rows else g).reshape(rows // batch_size, batch_size, -1))
+    return FactoredGrad(torch.cat(a_blocks), torch.cat(g_blocks))
 
 
 def _unscaled(net: nn.Module) -> bool:
@@ -147,7 +172,7 @@ class LoopRunner(StepRunner):
         from opacus.grad_sample import GradSampleModule
         from opacus.optimizers import DPOptimizer
 
-        from .grad_sample import FastGradSampleModule
+        from .grad_sample import FastDPOptimizer, FastGradSampleModule
 
         gen = self.generator
         for name in names:
@@ -159,7 +184,8 @@ class LoopRunner(StepRunner):
                                                   strict=True, force_functorch=grad_sample_mode == "functorch")
             # the loss is a mean over the actual batch; Opacus re-weights to a sum and divides by the *expected*
             # batch size, as the analysis of Poisson-sampled DP-SGD requires
-            self.optimizers[name] = DPOptimizer(self.raw_optimizers[name], noise_multiplier=noise_multiplier,
+            optimizer_cls = FastDPOptimizer if grad_sample_mode == "fast" else DPOptimizer
+            self.optimizers[name] = optimizer_cls(self.raw_optimizers[name], noise_multiplier=noise_multiplier,
                                                 max_grad_norm=max_grad_norm, expected_batch_size=expected_batch,
                                                 loss_reduction="mean")
         self.private = tuple(names)

@@ -220,21 +220,22 @@ def _adam_state(run_dir):
     dict(in_channels=6, out_channels=4, kernel_size=3, padding=1, stride=2),
     dict(in_channels=6, out_channels=6, kernel_size=(3, 1), padding=(2, 0), dilation=2, groups=3),
     dict(in_channels=4, out_channels=2, kernel_size=1, bias=False),
+    dict(in_channels=16, out_channels=32, kernel_size=3, padding=1),  # the rule's grouped case
 ])
 def test_grouped_convolution_gives_opacus_per_example_gradients(geometry):
     from opacus.grad_sample.conv import compute_conv_grad_sample
 
-    from cmraudit.grad_sample import conv2d_grad_sample, grouped_conv2d_grad_sample
+    from cmraudit.grad_sample import conv2d_grad_sample, grouped_conv2d_grad_sample, looped_conv2d_grad_sample
 
     layer = nn.Conv2d(**geometry)
-    x = torch.randn(3, layer.in_channels, 12, 10)
+    x = torch.randn(3, layer.in_channels, 24, 20)  # large enough maps for the rule to pick grouped or looped
     backprops = torch.randn_like(layer(x))
     reference = compute_conv_grad_sample(layer, [x], backprops)
-    for sampler in (grouped_conv2d_grad_sample, conv2d_grad_sample):
+    for sampler in (grouped_conv2d_grad_sample, looped_conv2d_grad_sample, conv2d_grad_sample):
         got = sampler(layer, [x], backprops)
         assert got.keys() == reference.keys()
         for p in reference:
-            assert torch.allclose(got[p], reference[p], atol=1e-5)
+            torch.testing.assert_close(got[p], reference[p], rtol=1e-5, atol=1e-5 * float(reference[p].abs().max()))
 
 
 @pytest.mark.filterwarnings("ignore:In CPU autocast")  # Opacus' functorch mode meets the integer label input
@@ -262,3 +263,22 @@ def test_fast_and_stock_opacus_modes_take_the_same_dp_step(cls):
         assert moved.abs().max() > 1e-3  # the step did something
         for mode in ("hooks", "functorch"):
             assert torch.allclose(after, updated[mode][name], atol=1e-6)
+
+
+def test_factored_linear_gradients_match_materialised_ones():
+    """Norms and clipped sums of factored Linear gradients equal those of the (B, out, in) tensor, also when an
+    example contributed several rows (blocks), as in a discriminator's real + fake pass."""
+    from cmraudit.grad_sample import FactoredGrad
+
+    torch.manual_seed(0)
+    a, g = torch.randn(2, 5, 7), torch.randn(2, 5, 3)
+    factored = FactoredGrad(a, g)
+    full = torch.einsum("rbo,rbi->boi", g, a)
+    assert len(factored) == 5
+    torch.testing.assert_close(factored.materialise(), full)
+    torch.testing.assert_close(factored.squared_norms(), full.flatten(1).pow(2).sum(1))
+    weights = torch.rand(5)
+    torch.testing.assert_close(factored.weighted_sum(weights, torch.float32), torch.einsum("b,boi->oi", weights, full))
+    single = FactoredGrad(a[:1], g[:1])
+    torch.testing.assert_close(single.squared_norms(), single.materialise().flatten(1).pow(2).sum(1))
+    torch.testing.assert_close(factored.per_row().reshape(2, 5, 3, 7).sum(0), full)
