@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ from torch import nn
 from .api import Generator, StepRunner
 from .device import autocast
 from .errors import PluginError
+
+if TYPE_CHECKING:
+    from .grad_sample import FactoredGrad
 
 
 def unwrap(net: nn.Module) -> nn.Module:

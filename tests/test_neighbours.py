@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from sklearn.neighbors import NearestNeighbors
 
@@ -84,3 +85,75 @@ def test_near_twins_resolve_to_the_exact_nearest():
     assert torch.equal(out.index[:, 0], exact.argmin(1))
     assert (out.index[:, 0] >= 250).all() and (out.index[:, 1] < 200).all()
     torch.testing.assert_close(out.distance[:, 0], exact.min(1).values, rtol=1e-6, atol=1e-9)
+
+
+def _twins(offset: float, n_near: int = 5):
+    """Queries, and references holding for every query a twin (1e-3 off) and ``n_near`` farther near-twins (2e-3,
+    3e-3, ... off, listed first) whose squared distances differ by far less than float32 or bfloat16 scores
+    resolve at these norms, plus 50 unrelated images; the twins are the last 200 references, in query order."""
+    g = torch.Generator().manual_seed(3)
+    refs = torch.rand(50, 1, 32, 32, generator=g) * 2 - 1 + offset
+    queries = torch.rand(200, 1, 32, 32, generator=g) * 2 - 1 + offset
+    near = []
+    for step in range(n_near, 0, -1):
+        copy = queries.clone()
+        copy[:, 0, 0, :4] += (1 + step) * 1e-3
+        near.append(copy)
+    twin = queries.clone()
+    twin[:, 0, 0, :4] += 1e-3
+    return queries, torch.cat([*near, refs, twin])
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("k", [1, 2])
+def test_near_twins_far_from_the_origin_resolve_to_the_exact_nearest(precision, k):
+    """Far from the origin (every pixel + 100) the float32 expansion ‖q‖² + ‖r‖² − 2q·r cannot order the twins
+    (shown below): the float32 path must re-score them exactly, the bfloat16 path must decline to certify them."""
+    queries, refs = _twins(100.0)
+    q, r = queries.flatten(1), refs.flatten(1)
+    naive = torch.addmm((r * r).sum(1), q, r.T, alpha=-2.0).argmin(1)
+    exact = torch.cdist(q.double(), r.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    assert (naive != exact.argmin(1)).any()  # the case is hard for float32 scores
+    out = nb.knn(queries, refs, k=k, precision=precision)
+    best = exact.topk(k, dim=1, largest=False)
+    assert torch.equal(out.index, best.indices)
+    assert (out.index[:, 0] >= r.shape[0] - 200).all()
+    torch.testing.assert_close(out.distance, best.values, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", ["smooth", "offset", "binary", "duplicates"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_bfloat16_path_returns_the_float64_brute_force_answer(case, k):
+    g = torch.Generator().manual_seed(7)
+    q, r = _smooth(150, 20, 1), _smooth(400, 20, 2)
+    if case == "offset":
+        q, r = q + 3.0, r + 3.0
+    elif case == "binary":  # masks: exact in bfloat16, so the remainders vanish
+        q, r = (q > 0).float(), (r > 0).float()
+    elif case == "duplicates":  # exact ties among the references, and queries that are references
+        r = torch.cat([r, r[:50]])
+        q = torch.cat([q[:100], r[torch.randint(0, 400, (50,), generator=g)]])
+    out = nb.knn(q, r, k=k, precision="bfloat16", memory_mb=1)
+    exact = torch.cdist(q.flatten(1).double(), r.flatten(1).double(), compute_mode="donot_use_mm_for_euclid_dist")
+    best = exact.topk(k, dim=1, largest=False)
+    torch.testing.assert_close(out.distance, best.values, rtol=1e-6, atol=1e-6)
+    # the same distance, and the same neighbour wherever the k-th is not tied with the next
+    chosen = exact.gather(1, out.index)
+    torch.testing.assert_close(chosen, best.values, rtol=1e-6, atol=1e-6)
+
+
+def test_bfloat16_error_bound_covers_the_gemm():
+    """The bound the certificate relies on holds elementwise against float64 products, also for large offsets."""
+    for offset in (0.0, 50.0):
+        q, r = _smooth(64, 32, 4).flatten(1) + offset, _smooth(96, 32, 5).flatten(1) + offset
+        q_high, r_high = q.bfloat16(), r.bfloat16()
+        approx = (q_high @ r_high.T).float()
+        exact = q.double() @ r.double().T
+        dim = q.shape[1]
+        bound = nb._gemm_dot_error(
+            approx.abs(), q.norm(dim=1, keepdim=True) * (1 + nb._gamma(dim)),
+            (q - q_high.float()).norm(dim=1, keepdim=True) * (1 + nb._gamma(dim)),
+            r.norm(dim=1) * (1 + nb._gamma(dim)), (r - r_high.float()).norm(dim=1) * (1 + nb._gamma(dim)), dim, True)
+        error = (approx.double() - exact).abs()
+        assert (error <= bound).all()
+        assert error.max() > bound.max() / 100  # and it is not vacuous
