@@ -197,13 +197,15 @@ def group_nearest(queries: torch.Tensor, refs: torch.Tensor, groups: np.ndarray,
     order = np.argsort(inverse, kind="stable")  # contiguous column range per group
     bounds = np.r_[0, np.cumsum(np.bincount(inverse, minlength=ids.size))]
     q, r = _flat(queries), _flat(refs)[torch.from_numpy(order)].to(dev)
-    r_sq = (r * r).sum(1)
+    mean = r.mean(0)  # centred scores: no cancellation for images far from the origin (distances unchanged)
+    r_cent = r - mean
+    r_sq = (r_cent * r_cent).sum(1)
     chunk = _rows_per_chunk(r.shape[0] * 4 * 2 + ids.size * r.shape[1] * 8, memory_mb)
     order_t = torch.from_numpy(order).to(dev)
     dist, index = [], []
     for start in range(0, q.shape[0], chunk):
         qc = q[start:start + chunk].to(dev)
-        score = torch.addmm(r_sq, qc, r.T, beta=1.0, alpha=-2.0)
+        score = torch.addmm(r_sq, qc - mean, r_cent.T, beta=1.0, alpha=-2.0)
         best = torch.stack([score[:, a:b].argmin(1) + a for a, b in zip(bounds[:-1], bounds[1:])], dim=1)
         d = (qc.double().unsqueeze(1) - r[best].double()).pow_(2).sum(-1).sqrt_()
         dist.append(d.cpu())
@@ -216,12 +218,14 @@ def count_within(queries: torch.Tensor, refs: torch.Tensor, radius: float | torc
     """Number of references within Euclidean ``radius`` of each query (radius scalar or per query)."""
     dev = pick_device(device)
     q, r = _flat(queries), _flat(refs).to(dev)
+    mean = r.mean(0)  # centred: no cancellation for images far from the origin
+    r = r - mean
     r_sq = (r * r).sum(1)
     rad = torch.as_tensor(radius, dtype=torch.float32).expand(q.shape[0])
     chunk = _rows_per_chunk(r.shape[0] * 4 * 2, memory_mb)
     out = []
     for start in range(0, q.shape[0], chunk):
-        qc = q[start:start + chunk].to(dev)
+        qc = q[start:start + chunk].to(dev) - mean
         d2 = torch.addmm(r_sq, qc, r.T, beta=1.0, alpha=-2.0).add_((qc * qc).sum(1, keepdim=True))
         out.append((d2 <= rad[start:start + chunk].to(dev).pow(2).unsqueeze(1)).sum(1).cpu())
     return torch.cat(out)
