@@ -174,3 +174,25 @@ def test_oracle_is_not_flagged(world):
         assert lo <= 0.5 <= hi, f"{space}: DCR share {share}"
         assert hi - lo < 0.4  # informative: the patients drawn dominate the spread, not the synthetic images
     assert memo["memorised"]["share"] <= 0.05
+
+
+def test_oracle_dcr_share_is_within_five_points_of_half():
+    """With enough patients the DCR share of a fresh-patient model is 50% ± 5 points. The share is a coin flip per
+    distinct synthetic source patient (standard deviation about 0.5/sqrt(patients)), so this needs hundreds of
+    them: 2 000 small two-slice patients (tiny images keep it a few seconds), 800 of them in the oracle's pool.
+    On the 120-patient phantom world above the same estimator's CI covers 0.5 but spans about ±0.13."""
+    from cmraudit.testkit import tiny_table
+
+    table = tiny_table(n_patients=2000, slices_per_patient=2, image_size=16, seed=0)
+    split = make_split(table, seed=0, fractions={"members": 0.25, "nonmembers": 0.25, "reference": 0.1,
+                                                  "test": 0.4})
+    generator = PoolGenerator(table.select_patients(split.test))
+    conditions = table.select_patients(split.reference)
+    synthetic = sample_table(generator, SliceTable.concat([conditions] * 2), seed=0)
+    ctx = AuditContext(model="oracle", generator=generator, data=table, split=split, synthetic=synthetic,
+                       options=dict(OPTIONS), train_shadow=None)
+    shares = get("attacks", "memorization")().run(ctx).details["dcr_share"]
+    for space in ("pixel", "near_copy"):
+        lo, hi = shares[space]["ci"]
+        assert abs(shares[space]["value"] - 0.5) <= 0.05, (space, shares[space])
+        assert lo <= 0.5 <= hi and hi - lo < 0.15, (space, shares[space])
