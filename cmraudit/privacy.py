@@ -115,6 +115,10 @@ def epsilon_spent(accountant: str, history: History, delta: float) -> float:
         return float(make_accountant(accountant, history).get_epsilon(delta=delta))
 
 
+#: noise multipliers above this learn nothing at any realistic batch size; calibration stops searching here
+MAX_NOISE_MULTIPLIER = 1000.0
+
+
 def calibrate(dp: DPConfig, sample_rate: float, steps: int) -> float:
     """The noise multiplier σ of the per-step mechanism: given, or the smallest σ reaching ``dp.epsilon``.
 
@@ -127,6 +131,11 @@ def calibrate(dp: DPConfig, sample_rate: float, steps: int) -> float:
         raise ConfigError("dp: resolve delta with for_units(n) before calibrating")
     from opacus.accountants.utils import get_noise_multiplier
 
+    # Opacus' search doubles σ up to 1e6, a minute or more of accounting, before it gives up on an unreachable ε
+    floor = epsilon_spent(dp.accountant, [(MAX_NOISE_MULTIPLIER, sample_rate, steps)], dp.delta)
+    if floor > dp.epsilon:
+        raise ConfigError(f"dp: cannot reach epsilon={dp.epsilon} at delta={dp.delta:g} with q={sample_rate:.4g} "
+                          f"over {steps} steps: even sigma={MAX_NOISE_MULTIPLIER:g} spends epsilon={floor:.3g}")
     try:
         with _quiet():
             return float(get_noise_multiplier(target_epsilon=dp.epsilon, target_delta=dp.delta,
@@ -139,8 +148,9 @@ def calibrate(dp: DPConfig, sample_rate: float, steps: int) -> float:
 
 @contextlib.contextmanager
 def _quiet():
-    """Opacus' RDP analysis warns when its largest order is optimal; the bound stays valid, the library is silent."""
-    with warnings.catch_warnings():
+    """Opacus' RDP analysis warns when its largest order is optimal, and its PRV analysis takes log(1 − q) = −inf
+    when every unit is sampled (q = 1); the bounds stay valid, the library is silent."""
+    with warnings.catch_warnings(), np.errstate(divide="ignore"):
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         yield
 

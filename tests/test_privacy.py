@@ -282,3 +282,13 @@ def test_factored_linear_gradients_match_materialised_ones():
     single = FactoredGrad(a[:1], g[:1])
     torch.testing.assert_close(single.squared_norms(), single.materialise().flatten(1).pow(2).sum(1))
     torch.testing.assert_close(factored.per_row().reshape(2, 5, 3, 7).sum(0), full)
+
+
+def test_absurd_budget_is_refused_quickly_and_full_batches_account_silently():
+    import warnings
+
+    with pytest.raises(ConfigError, match="even sigma"):  # refused before Opacus' minutes-long search starts
+        calibrate(DPConfig(epsilon=1e-6).for_units(30), sample_rate=0.5, steps=150)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # q = 1 (fewer patients than the batch size) must not warn
+        assert 0 < epsilon_spent("prv", [(1.0, 1.0, 100)], 1e-5) < epsilon_spent("rdp", [(1.0, 1.0, 100)], 1e-5)
