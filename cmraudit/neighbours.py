@@ -20,6 +20,7 @@ The near-copy distance is sqrt(2 − 2 max ρ) over those transforms, in [0, 2] 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from dataclasses import dataclass
@@ -113,7 +114,8 @@ def _certified_knn(q: torch.Tensor, r: torch.Tensor, k: int, memory_mb: int, dev
         q_norm = q_sq.sqrt() * (1 + gamma)
         q_gemm = q_cent.bfloat16() if bfloat16 else q_cent
         q_low = torch.linalg.vector_norm(q_cent - q_gemm.float(), dim=1) * (1 + gamma) if bfloat16 else 0.0
-        dot = (q_gemm @ r_gemm.T).float()
+        with _float32_matmul_exactly():
+            dot = (q_gemm @ r_gemm.T).float()
         dot_max = dot.abs().amax(1)
         score = dot.mul_(-2.0).add_(r_sq)  # in place: the (chunk, N) block is the only large buffer
         vals, cand = score.topk(min(m + 1, n_ref), dim=1, largest=False)
@@ -135,6 +137,18 @@ def _certified_knn(q: torch.Tensor, r: torch.Tensor, k: int, memory_mb: int, dev
         dist.append(d.cpu())
         index.append(i.cpu())
     return Neighbours(torch.cat(dist), torch.cat(index))
+
+
+@contextlib.contextmanager
+def _float32_matmul_exactly():
+    """float32 GEMMs in full float32 for the error bound to hold: a caller's
+    ``torch.set_float32_matmul_precision("high")`` would otherwise round their inputs to TF32 or bfloat16."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def _gamma(n: int) -> float:

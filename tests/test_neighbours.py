@@ -157,3 +157,17 @@ def test_bfloat16_error_bound_covers_the_gemm():
         error = (approx.double() - exact).abs()
         assert (error <= bound).all()
         assert error.max() > bound.max() / 100  # and it is not vacuous
+
+
+def test_a_callers_reduced_float32_matmul_precision_does_not_break_exactness():
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        queries, refs = _twins(100.0)
+        out = nb.knn(queries, refs, k=1, precision="float32")
+        assert torch.get_float32_matmul_precision() == "medium"  # restored
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    exact = torch.cdist(queries.flatten(1).double(), refs.flatten(1).double(),
+                        compute_mode="donot_use_mm_for_euclid_dist")
+    assert torch.equal(out.index[:, 0], exact.argmin(1))
