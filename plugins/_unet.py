@@ -9,6 +9,7 @@ layers), checked with ``opacus.validators.ModuleValidator`` and GradSampleModule
 from __future__ import annotations
 
 import abc
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -63,6 +64,28 @@ def unet_profiles() -> dict[str, dict[str, Any]]:
 #: training-loop overrides per profile: the quick UNet step costs ~0.25 s at batch 16 on one CPU core, so 150 steps
 #: keep each UNet model near 35 s (the quick profile trains all four generators plus a DP diffusion in ~3 min)
 UNET_TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {"quick": {"steps": 150}}
+
+
+def _channels_last_on_cpu(method: Callable) -> Callable:
+    """Run an inference method with the UNet's conv weights in channels-last (NHWC) layout on CPU: oneDNN's
+    convolutions run about 1.7x faster that way at the quick profile's size, with the same results. Training keeps
+    the default layout (Opacus' per-example convolution gradients assume contiguous NCHW inputs), so the layout is
+    restored when the call returns."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        net = self.nets["unet"]
+        if getattr(self, "_in_channels_last", False) or network_device(net).type != "cpu":
+            return method(self, *args, **kwargs)
+        self._in_channels_last = True
+        net.to(memory_format=torch.channels_last)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            net.to(memory_format=torch.contiguous_format)
+            self._in_channels_last = False
+
+    return wrapper
 
 
 class ConditionalUNet(nn.Module):
@@ -152,6 +175,7 @@ class UNetGenerator(Generator, abc.ABC):
         a, b, _ = self.level_coefficients(level)
         return a * x0 + b * noise
 
+    @_channels_last_on_cpu
     @torch.no_grad()
     def predict_x0_and_noise(self, x: torch.Tensor, level: float, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The (conditional, unguided) model's split of a noisy image at ``level`` into data and noise estimates;
@@ -178,6 +202,7 @@ class UNetGenerator(Generator, abc.ABC):
         runner.optimize("unet", loss)
         return {"loss": float(loss.detach())}
 
+    @_channels_last_on_cpu
     @torch.no_grad()
     def sample(self, masks: torch.Tensor, vendor: torch.Tensor, pathology: torch.Tensor,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -197,6 +222,7 @@ class UNetGenerator(Generator, abc.ABC):
             out.append(self.integrate(noise[start:stop], predict, self.config.sample_steps))
         return torch.cat(out).clamp(-1.0, 1.0).to(masks.device)
 
+    @_channels_last_on_cpu
     @torch.no_grad()
     def membership_signal(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Negative per-example loss at each fixed noise level (Carlini et al. 2023, "Extracting Training Data
