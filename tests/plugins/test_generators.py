@@ -224,7 +224,7 @@ def test_fast_path_skips_the_weight_gradients_dp_throws_away(table):
     ordinary weight gradients; every other layer gets per-example gradients alone."""
     from cmraudit.grad_sample import FactoredGrad, FastGradSampleModule
 
-    from plugins._conditioning import Condition
+    from cmraudit.plugins._conditioning import Condition
 
     gen = build("vae")
     net = FastGradSampleModule(gen.nets["vae"])
