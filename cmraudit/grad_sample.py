@@ -147,10 +147,11 @@ def conv2d_grad_sample(layer: nn.Conv2d, activations: List[torch.Tensor],
     however often it resumes.
     """
     x = activations[0]
-    if isinstance(layer.padding, str) or layer.padding_mode != "zeros" or x.shape[0] == 0:
-        return compute_conv_grad_sample(layer, activations, backprops)  # rare layouts: Opacus' general path
-    if backprops.shape[2] * backprops.shape[3] < GROUPED_MIN_POSITIONS:
-        return compute_conv_grad_sample(layer, activations, backprops)
+    if (isinstance(layer.padding, str) or layer.padding_mode != "zeros" or x.shape[0] == 0
+            or backprops.shape[2] * backprops.shape[3] < GROUPED_MIN_POSITIONS):
+        # Opacus' unfold (small maps, rare layouts); it silently returns wrong gradients for inputs with
+        # permuted strides (channels-last), so it only ever sees contiguous ones
+        return compute_conv_grad_sample(layer, [x.contiguous(), *activations[1:]], backprops.contiguous())
     per_group = (layer.in_channels // layer.groups, layer.out_channels // layer.groups)
     if x.device.type != "cpu" or all(c % GROUPED_CHANNEL_MULTIPLE == 0 for c in per_group):  # GPUs: one launch
         return grouped_conv2d_grad_sample(layer, activations, backprops)

@@ -292,3 +292,19 @@ def test_absurd_budget_is_refused_quickly_and_full_batches_account_silently():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # q = 1 (fewer patients than the batch size) must not warn
         assert 0 < epsilon_spent("prv", [(1.0, 1.0, 100)], 1e-5) < epsilon_spent("rdp", [(1.0, 1.0, 100)], 1e-5)
+
+
+@pytest.mark.parametrize("size", [24, 6])  # the grouped / looped route and the unfold route
+def test_per_example_conv_gradients_ignore_the_input_memory_layout(size):
+    """Opacus' unfold gives wrong per-example gradients for channels-last inputs; the fast path must not."""
+    from opacus.grad_sample.conv import compute_conv_grad_sample
+
+    from cmraudit.grad_sample import conv2d_grad_sample
+
+    layer = nn.Conv2d(4, 8, 3, padding=1)
+    x = torch.randn(3, size, size, 4).permute(0, 3, 1, 2)  # channels-last strides
+    backprops = torch.randn(3, 8, size, size)
+    reference = compute_conv_grad_sample(layer, [x.contiguous()], backprops)
+    got = conv2d_grad_sample(layer, [x], backprops)
+    for p in reference:
+        torch.testing.assert_close(got[p], reference[p], rtol=1e-5, atol=1e-4)
