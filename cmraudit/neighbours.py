@@ -50,7 +50,7 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 def _flat(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     x = torch.as_tensor(x)
-    return x.reshape(x.shape[0], -1).float()
+    return (x.flatten(1) if x.dim() > 1 else x.reshape(-1, 1)).float()
 
 
 def _rows_per_chunk(bytes_per_row: int, memory_mb: int) -> int:
@@ -94,6 +94,8 @@ def _certified_knn(q: torch.Tensor, r: torch.Tensor, k: int, memory_mb: int, dev
     precisions exact. Assumes the GEMM accumulates in float32, as oneDNN, MKL and cuBLAS do (a test checks the
     bound against float64 products)."""
     n_ref, dim = r.shape
+    if q.shape[0] == 0:
+        return Neighbours(torch.zeros((0, k), dtype=torch.float64), torch.zeros((0, k), dtype=torch.long))
     # candidates scored exactly (the next score certifies them): one spare in bfloat16, whose wider error bound
     # would otherwise leave more near-runner-up answers unproved
     m = min(k + 1 if bfloat16 else k, n_ref)

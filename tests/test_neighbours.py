@@ -171,3 +171,8 @@ def test_a_callers_reduced_float32_matmul_precision_does_not_break_exactness():
     exact = torch.cdist(queries.flatten(1).double(), refs.flatten(1).double(),
                         compute_mode="donot_use_mm_for_euclid_dist")
     assert torch.equal(out.index[:, 0], exact.argmin(1))
+
+
+def test_no_queries_give_empty_answers():
+    out = nb.knn(torch.zeros(0, 1, 8, 8), torch.randn(5, 1, 8, 8), k=2)
+    assert out.distance.shape == out.index.shape == (0, 2)
