@@ -114,10 +114,11 @@ def train_model(run: "AuditRun", spec: "ModelSpec") -> None:
         generator = run.build_generator(spec)
         tconfig = train_config(run, cls)
         members = run.table.select_patients(run.split.members)
+        pretraining = public_pretraining(run, spec, generator, tconfig, model_dir)
         run.progress(ProgressEvent("train", spec.name, "start", total=tconfig.steps))
         result = train(generator, members, tconfig, model_dir, dp=dp_config(run, spec),
                        callback=_train_callback(run, spec.name))
-        entry["training"] = training_record(result, generator, tconfig)
+        entry["training"] = {**training_record(result, generator, tconfig), "public_pretraining": pretraining}
     except Exception as exc:  # any plugin crash: record it, keep the other models going
         run.fail_model(spec.name, "train", describe_error(exc, label))
         return
@@ -125,6 +126,36 @@ def train_model(run: "AuditRun", spec: "ModelSpec") -> None:
     entry["stages"]["train"] = True
     run.progress(ProgressEvent("train", spec.name, "done", logs={"seconds": entry["training"]["seconds"]}))
     run.save()
+
+
+def public_pretraining(run: "AuditRun", spec: "ModelSpec", generator: "Generator", tconfig: Any,
+                       model_dir: Path) -> dict[str, Any] | None:
+    """Train a DP model without DP on the run's public data (``dp_pretrain``) before DP-SGD on the members.
+
+    Public pretraining, then private fine-tuning, is how DP generators become useful on small data sets
+    (Ghalebikesabi et al. 2023, "Differentially Private Diffusion Models Generate Useful Synthetic Images"): the
+    public data costs no privacy, and the DP guarantee covers the members, who are seen only under DP-SGD. The
+    public set must not contain audited patients; shared patient ids are refused (a data set that holds the same
+    patient under another id cannot be detected here). Resumable: a finished pretraining is reloaded, not redone.
+    """
+    from .data.sources import open_source
+    from .run import ProgressEvent
+    from .train import train
+
+    data = run.config.dp_pretrain
+    if spec.dp_epsilon is None or data == "none":
+        return None
+    public = open_source(data).load(run.config.image_size)
+    shared = sorted(set(public.patient_ids) & set(run.table.patient_ids))
+    if shared:
+        raise ConfigError(f"dp_pretrain {data!r} holds {len(shared)} of the audited patients ({', '.join(shared[:3])}"
+                          f"{', ...' if len(shared) > 3 else ''}): public pretraining data must not contain them")
+    label = f"{spec.name} (public pretraining)"
+    run.progress(ProgressEvent("train", label, "start", total=tconfig.steps))
+    result = train(generator, public, tconfig, model_dir / "public-pretraining", callback=_train_callback(run, label))
+    run.progress(ProgressEvent("train", label, "done", logs={"seconds": result.seconds}))
+    return {"data": data, "patients": len(public.patient_ids), "slices": len(public), "steps": result.steps,
+            "seconds": result.seconds}
 
 
 def generator_label(run: "AuditRun", spec: "ModelSpec") -> str:

@@ -141,15 +141,21 @@ class PrivacySection(ReportSection):
         keys = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "accountant", "unit")
         rows = []
         for model, entry in report.models.items():
-            dp = (entry.get("training") or {}).get("dp")
+            training = entry.get("training") or {}
+            dp, public = training.get("dp"), training.get("public_pretraining")
             if dp:
-                rows.append([model, *[fmt(dp.get(k)) for k in keys]])
+                before = (f"{public['data']}: {public['patients']} patients, {public['steps']} steps"
+                          if public else Cell("none", "muted"))
+                rows.append([model, *[fmt(dp.get(k)) for k in keys], before])
             else:
-                rows.append([model, Cell("no DP (ε = ∞)", "muted"), *[""] * (len(keys) - 1)])
+                rows.append([model, Cell("no DP (ε = ∞)", "muted"), *[""] * len(keys)])
         if not rows:
             return report.note("No model was trained.")
-        return report.part("table", ["model", "ε", "δ", "σ (noise multiplier)", "q (sample rate)", "steps", "C (clip)",
-                                     "accountant", "privacy unit"], rows)
+        table = report.part("table", ["model", "ε", "δ", "σ (noise multiplier)", "q (sample rate)", "steps",
+                                      "C (clip)", "accountant", "privacy unit", "public pretraining"], rows)
+        return table + report.note("A DP model with public pretraining was first trained without DP on that public "
+                                   "data (no audited patient in it), then with DP-SGD on the members: ε covers the "
+                                   "members.")
 
 
 class ConfigSection(ReportSection):

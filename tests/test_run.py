@@ -52,6 +52,11 @@ def test_run_folder_records_everything_and_isolates_failures(fakes, tmp_path):
     dp = models["fast-tiny-dp2"]["training"]["dp"]
     assert 0 < dp["epsilon"] <= 2.0 + 1e-6 and dp["unit"] == "patient" and dp["accountant"] == "rdp"
     assert models["fast-tiny"]["training"]["dp"] is None
+    # ...and it was first trained, without DP, on the public data, which never holds an audited patient
+    assert models["fast-tiny-dp2"]["training"]["public_pretraining"] == {
+        **models["fast-tiny-dp2"]["training"]["public_pretraining"], "data": "phantom:8,seed=1", "patients": 8}
+    assert (out / "models/fast-tiny-dp2/public-pretraining/training.json").is_file()
+    assert models["fast-tiny"]["training"]["public_pretraining"] is None
     # saved per-example scores reproduce the recorded AUC with sklearn
     with np.load(out / attacks["known-mia"]["scores"]) as z:
         y = np.r_[np.ones(len(z["member_scores"])), np.zeros(len(z["nonmember_scores"]))]
@@ -65,6 +70,20 @@ def test_run_folder_records_everything_and_isolates_failures(fakes, tmp_path):
         assert set(z["patients"]) <= set(split["reference"])
         assert z["images"].shape[1:] == (1, 16, 16) and np.abs(z["images"]).max() <= 1
     R.validate(R.load(out))
+
+
+def test_public_pretraining_data_holding_audited_patients_is_refused(fakes, tmp_path):
+    config = fakes.tiny_config(tmp_path / "run", models=[ModelSpec("fast-tiny-dp2", "fast-tiny", 2.0)],
+                               dp={"accountant": "rdp"}, dp_pretrain="tinyrun:5")  # the audited data's patients
+    doc = AuditRun(config).run()
+    model = doc["models"]["fast-tiny-dp2"]
+    assert model["status"] == "failed" and "holds 5 of the audited patients" in model["error"]
+    assert not (config.out / "models/fast-tiny-dp2/public-pretraining").exists()
+
+
+def test_dp_pretrain_spellings():
+    assert RunConfig().dp_pretrain == "phantom:200,seed=1"
+    assert RunConfig(dp_pretrain="None").dp_pretrain == RunConfig(dp_pretrain=" ").dp_pretrain == "none"
 
 
 def test_rerun_recomputes_nothing_unless_forced(fakes, tmp_path):

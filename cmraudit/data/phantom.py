@@ -1,7 +1,7 @@
 """The built-in phantom: procedural short-axis bSSFP cine MRI at ED and ES, no download needed.
 
-``phantom`` (60 patients) or ``phantom:N``. Patient ``phantom-0007`` is drawn from its own random stream
-(seed, 7), so it is the same patient whatever N is; pathologies cycle through the five ACDC groups and vendors
+``phantom`` (60 patients), ``phantom:N`` or ``phantom:N,seed=S``. Patient ``phantom-0007`` is drawn from its own
+random stream (seed, 7), so it is the same patient whatever N is; pathologies cycle through the five ACDC groups and vendors
 through A–D so that any 20 consecutive patients hold every (vendor, pathology) pair once.
 
 Each patient has an identity of its own — body habitus, heart size, position and rotation, irregular contours,
@@ -78,7 +78,8 @@ def phantom_patient(number: int, seed: int = 0) -> PhantomPatient:
     info = {"height_cm": round(height, 1), "weight_kg": round(weight, 1),
             "n_frames": int(rng.integers(25, 36)), "ed_frame": 1, "seed": seed, "number": number}
     info["es_frame"] = round(info["n_frames"] * rng.uniform(0.3, 0.42))
-    return PhantomPatient(number, f"phantom-{number:04d}", vendor, pathology, anatomy, acq, positions,
+    patient_id = f"phantom-{number:04d}" if seed == 0 else f"phantom-s{seed}-{number:04d}"  # seeds never share ids
+    return PhantomPatient(number, patient_id, vendor, pathology, anatomy, acq, positions,
                           float((last - first) * anatomy.length / (n - 1)), shape,
                           complex(rng.uniform(-15, 15), rng.uniform(-10, 10)), info)
 
@@ -202,28 +203,43 @@ def heart_centroid(p: PhantomPatient, pixel_mm: float) -> complex:
 
 
 # ---------------------------------------------------------------------------------------------------- the source
-def _parse_count(arg: str | None) -> int:
-    if arg is None or not str(arg).strip():
-        return DEFAULT_PATIENTS
+def _parse_arg(arg: str | None) -> tuple[int, int | None]:
+    """``N`` or ``N,seed=S`` (either part optional) → (patients, seed or None)."""
+    text = "" if arg is None else str(arg).strip()
+    count, _, rest = text.partition(",")
+    seed = None
+    if rest:
+        key, _, value = rest.partition("=")
+        try:
+            seed = int(value) if key.strip() == "seed" else None
+        except ValueError:
+            seed = None
+        if seed is None or seed < 0:
+            raise UsageError(f"phantom:{arg}: expected phantom:N or phantom:N,seed=S, e.g. phantom:200,seed=1")
+    if not count.strip():
+        return DEFAULT_PATIENTS, seed
     try:
-        n = int(str(arg).strip())
+        n = int(count)
     except ValueError:
         n = 0
     if n < 1:
         raise UsageError(f"phantom:{arg}: expected a number of patients ≥ 1, e.g. phantom:40")
-    return n
+    return n, seed
 
 
 class PhantomSource(DatasetSource):
-    """``phantom`` or ``phantom:N``: N procedural patients (default 60), seed 0 unless given."""
+    """``phantom``, ``phantom:N`` or ``phantom:N,seed=S``: N procedural patients (default 60) of the phantom with
+    seed S (default 0). Different seeds draw different patients, with ids that never collide (``phantom-s1-0007``):
+    ``phantom:200,seed=1`` is a public data set disjoint from the default ``phantom``."""
 
     name = "phantom"
-    description = "built-in procedural short-axis cine MRI (ED/ES, vendors A-D, 5 ACDC groups): phantom[:N]"
+    description = ("built-in procedural short-axis cine MRI (ED/ES, vendors A-D, 5 ACDC groups): "
+                   "phantom[:N[,seed=S]]")
 
     def __init__(self, arg: str | None = None, *, seed: int = 0) -> None:
         super().__init__(arg)
-        self.n_patients = _parse_count(arg)
-        self.seed = int(seed)
+        self.n_patients, spec_seed = _parse_arg(arg)
+        self.seed = int(seed) if spec_seed is None else spec_seed
 
     def patients(self) -> Iterator[PhantomPatient]:
         for number in range(1, self.n_patients + 1):

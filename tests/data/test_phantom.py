@@ -91,7 +91,10 @@ def test_deterministic_and_patients_independent_of_count():
     first3 = np.concatenate([rows[p] for p in a.patient_ids])
     assert torch.equal(c.images[first3], a.images)
     other = PhantomSource("3", seed=1).load(32)
-    assert other.patient_labels() == a.patient_labels()  # same ids, vendors and groups; different anatomy
+    assert PhantomSource("3,seed=1").load(32).patient_labels() == other.patient_labels()  # the spec's seed
+    # same vendors and groups, different anatomy, and ids that never collide with another seed's
+    assert list(other.patient_labels().values()) == list(a.patient_labels().values())
+    assert not set(other.patient_ids) & set(a.patient_ids)
     lv = [[(t.masks[r] == 3).sum().item() for r in t.patient_rows().values()] for t in (a, other)]
     assert all(x != y for x, y in zip(*lv))
     assert phantom_patient(2, seed=1).anatomy.r_epi != phantom_patient(2, seed=0).anatomy.r_epi
