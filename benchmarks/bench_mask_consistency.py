@@ -11,6 +11,7 @@ shuffled" means the image carries the stencil it was asked for:
   the synthetic images; mean Dice over RV, MYO, LV against the conditioning vs the shuffled mask.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_mask_consistency.py [--generators gan,vae,diffusion,flow] [--dp]
+        [--dp-pretrain phantom:200,seed=1] [--data phantom:60]
 
 Prints a table plus training seconds and sampling images/s per generator.
 """
@@ -61,6 +62,9 @@ def main() -> None:
     parser.add_argument("--data", default="phantom:40")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--dp", action="store_true", help="also train a DP diffusion model (epsilon 8)")
+    parser.add_argument("--dp-pretrain", default="none",
+                        help="public data the DP model first trains on without DP, as `cmraudit run --dp-pretrain` "
+                             "(e.g. phantom:200,seed=1; default: none, DP-SGD from scratch)")
     parser.add_argument("--steps", type=int, default=None, help="override the quick profile's step count")
     parser.add_argument("--eval", type=int, default=96, help="held-out slices to sample and score")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (more than the free cores slows down)")
@@ -96,6 +100,9 @@ def main() -> None:
         gen = cls(cls.make_config("quick"), Conditioning(args.size))
         overrides = {"steps": args.steps} if args.steps else {}
         config = TrainConfig.for_profile("quick", cls, overrides)
+        if dp and args.dp_pretrain != "none":
+            label += "+public"
+            train(gen, open_source(args.dp_pretrain).load(args.size), config, root / label / "public-pretraining")
         result = train(gen, members, config, root / label, dp=dp)
         t0 = time.perf_counter()
         images = gen.sample(cond.masks, cond.vendor, cond.pathology, generator=torch.Generator().manual_seed(0))
