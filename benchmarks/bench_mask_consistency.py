@@ -114,10 +114,10 @@ def main() -> None:
         eps = f", epsilon {result.dp['epsilon']:.2f}" if result.dp else ""
         print(f"  {label}: trained {result.steps} steps in {result.seconds:.1f}s{eps}; sampling {rate:.1f} img/s")
 
-    print(f"\n{'model':<14} {'R2 mask':>8} {'R2 shuf':>8} {'Dice mask':>10} {'Dice shuf':>10} {'train s':>8} "
+    print(f"\n{'model':<20} {'R2 mask':>8} {'R2 shuf':>8} {'Dice mask':>10} {'Dice shuf':>10} {'train s':>8} "
           f"{'steps':>6} {'img/s':>7}")
     for label, r2, r2s, dice, dices, secs, steps, rate in rows:
-        print(f"{label:<14} {r2:8.3f} {r2s:8.3f} {dice:10.3f} {dices:10.3f} {secs:8.1f} {steps:6d} {rate:7.1f}")
+        print(f"{label:<20} {r2:8.3f} {r2s:8.3f} {dice:10.3f} {dices:10.3f} {secs:8.1f} {steps:6d} {rate:7.1f}")
 
 
 if __name__ == "__main__":

@@ -26,14 +26,17 @@ if TYPE_CHECKING:
 def shadow_trainer(run: "AuditRun", spec: "ModelSpec"):
     """``train_shadow(patients, seed)`` for reference-model attacks: same generator, config and DP, other patients.
 
-    Shadows live in models/<model>/shadows/<key>/ so they resume like any model."""
+    A DP model's shadows start, as the model did, from its public pretraining (reloaded, not redone). Shadows live
+    in models/<model>/shadows/<key>/ so they resume like any model."""
     def train_shadow(patients: list[str], seed: int) -> "Generator":
+        from .stages import public_pretraining
         from .train import load_trained, train
 
         key = hashlib.sha256(("\n".join(sorted(patients)) + f"|{seed}").encode()).hexdigest()[:12]
         out = run.model_dir(spec.name) / "shadows" / key
         generator = run.build_generator(spec)
         tconfig = train_config(run, run.generator_class(spec))
+        public_pretraining(run, spec, generator, tconfig, run.model_dir(spec.name))
         tconfig = dataclasses.replace(tconfig, seed=seed)
         train(generator, run.table.select_patients(patients), tconfig, out, dp=dp_config(run, spec))
         return load_trained(out, device=run.device)

@@ -226,3 +226,30 @@ def test_baselines_lift_real_vs_real_and_trtr():
                            "trtr_dice": {"value": 0.87, "details": {}},
                            "tstr_dice": {"value": 0.6, "details": {"trtr": 0.87}}})
     assert doc["baselines"] == {"real_vs_real": {"fd": 0.4}, "trtr": {"trtr_dice": 0.87}}
+
+
+def test_dp_shadows_start_from_the_models_public_pretraining(fakes, tmp_path, monkeypatch):
+    """LiRA's shadows must be trained like the target: a DP model's shadows reload its public pretraining."""
+    import torch
+
+    from cmraudit import stages
+    from cmraudit.audit import shadow_trainer
+    from cmraudit.train import load_trained
+
+    spec = ModelSpec("fast-tiny-dp2", "fast-tiny", 2.0)
+    run = AuditRun(fakes.tiny_config(tmp_path / "run", models=[spec], dp={"accountant": "rdp"}))
+    run.prepare()
+    run.train()
+    pretrained = load_trained(run.model_dir(spec.name) / "public-pretraining")
+    starts, original = [], stages.public_pretraining
+
+    def spy(*args, **kwargs):
+        info = original(*args, **kwargs)
+        starts.append([p.detach().clone() for p in args[2].nets["net"].parameters()])
+        return info
+
+    monkeypatch.setattr("cmraudit.stages.public_pretraining", spy)
+    shadow_trainer(run, spec)(run.split.nonmembers, 3)
+    assert len(starts) == 1
+    for got, want in zip(starts[0], pretrained.nets["net"].parameters()):
+        assert torch.equal(got, want.detach())
