@@ -48,6 +48,13 @@ def check_config(run: "AuditRun") -> None:
                 dp_config(run, spec).validate()
             except TypeError as exc:
                 raise ConfigError(f"[dp]: {exc}") from None
+    if run.config.dp_pretrain != "none" and any(spec.dp_epsilon is not None for spec in run.config.models):
+        from .data.sources import open_source
+
+        try:
+            open_source(run.config.dp_pretrain)  # the scheme and its argument; the data loads when it is needed
+        except UsageError as exc:
+            raise UsageError(f"dp_pretrain: {exc}") from None
     metric_names(run)
     try:
         resolve_attacks(run.config.attacks, None)

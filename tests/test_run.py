@@ -145,7 +145,10 @@ def test_unknown_names_are_usage_errors_before_any_work(fakes, tmp_path):
         AuditRun(fakes.tiny_config(tmp_path / "d", train={"stpes": 3})).prepare()
     with pytest.raises(ConfigError, match="dp"):
         AuditRun(fakes.tiny_config(tmp_path / "e", models=[ModelSpec("x", "fast-tiny", 1.0)], dp={"delat": 1})).prepare()
-    assert not any((tmp_path / d).exists() for d in "abcde")
+    with pytest.raises(UsageError, match="dp_pretrain: unknown data scheme 'phantm'"):
+        AuditRun(fakes.tiny_config(tmp_path / "f", models=[ModelSpec("x", "fast-tiny", 1.0)],
+                                   dp_pretrain="phantm:20")).prepare()
+    assert not any((tmp_path / d).exists() for d in "abcdef")
 
 
 def test_changed_config_on_an_existing_folder_is_refused(fakes, tmp_path):
