@@ -74,6 +74,7 @@ class AuditRun:
         self.force = force
         self.progress = progress or (lambda event: None)
         self._table: SliceTable | None = None
+        self._public_table: SliceTable | None = None
         self._split: Split | None = None
         self.doc: dict[str, Any] | None = None
         self._device: str | None = None
@@ -157,6 +158,18 @@ class AuditRun:
         names = {m.name for m in self.config.models}
         self.config.models.extend(m for m in old.models if m.name not in names)
         return False
+
+    @property
+    def public_table(self) -> SliceTable:
+        """The ``dp_pretrain`` data (loaded once per run, shared by every DP model and its shadows)."""
+        if self._public_table is None:
+            from .data.sources import open_source
+
+            self.progress(ProgressEvent("data", message=f"loading {self.config.dp_pretrain} (public pretraining)"))
+            self._public_table = open_source(self.config.dp_pretrain).load(int(self.config.image_size))
+            if len(self._public_table) == 0:
+                raise RunError(f"dp_pretrain {self.config.dp_pretrain!r} yielded no slices")
+        return self._public_table
 
     @property
     def table(self) -> SliceTable:

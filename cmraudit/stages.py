@@ -145,14 +145,13 @@ def public_pretraining(run: "AuditRun", spec: "ModelSpec", generator: "Generator
     public set must not contain audited patients; shared patient ids are refused (a data set that holds the same
     patient under another id cannot be detected here). Resumable: a finished pretraining is reloaded, not redone.
     """
-    from .data.sources import open_source
     from .run import ProgressEvent
     from .train import train
 
     data = run.config.dp_pretrain
     if spec.dp_epsilon is None or data == "none":
         return None
-    public = open_source(data).load(run.config.image_size)
+    public = run.public_table
     shared = sorted(set(public.patient_ids) & set(run.table.patient_ids))
     if shared:
         raise ConfigError(f"dp_pretrain {data!r} holds {len(shared)} of the audited patients ({', '.join(shared[:3])}"
