@@ -29,8 +29,9 @@ Linear layers on (batch, features) inputs keep their per-example gradients facto
 Differentially Private Learners"; Bu et al. 2023, "Differentially Private Optimization on Large Model at Small
 Cost"): example i's gradient is the outer product g_i a_iᵀ of its output gradient and input, so its norm is
 ‖g_i‖·‖a_i‖ and the clipped sum Σ c_i g_i a_iᵀ is one matrix product. The (batch, out, in) tensor of per-example
-gradients, the VAE's and GAN's largest (a few hundred MB per step at 64x64), is never built. ``FastDPOptimizer``
-clips such ``FactoredGrad`` samples and ordinary ones together.
+gradients (for the VAE's and GAN's latent projections, the largest per-example tensors of those networks) is never
+built, written, normed and summed. ``FastDPOptimizer`` clips such ``FactoredGrad`` samples and ordinary ones
+together.
 """
 from __future__ import annotations
 
