@@ -134,6 +134,7 @@ def _certified_knn(q: torch.Tensor, r: torch.Tensor, k: int, memory_mb: int, dev
             limit = reach.square() - q_sq * (1 - gamma)
             for row in torch.nonzero(vals[:, m] - err <= limit).flatten().tolist():
                 cols = torch.nonzero(score[row] - err[row] <= limit[row]).flatten()
+                cols = torch.unique(torch.cat([cols, cand[row, :m]]))  # the candidates qualify; kept whatever
                 d_row, i_row = _exact_distances(qc[row:row + 1], r, cols.unsqueeze(0))
                 d[row], i[row] = d_row[0, :k], i_row[0, :k]
         dist.append(d.cpu())
