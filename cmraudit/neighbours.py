@@ -116,10 +116,14 @@ def _certified_knn(q: torch.Tensor, r: torch.Tensor, k: int, memory_mb: int, dev
         q_norm = q_sq.sqrt() * (1 + gamma)
         q_gemm = q_cent.bfloat16() if bfloat16 else q_cent
         q_low = torch.linalg.vector_norm(q_cent - q_gemm.float(), dim=1) * (1 + gamma) if bfloat16 else 0.0
-        with _float32_matmul_exactly():
+        if bfloat16:
             dot = (q_gemm @ r_gemm.T).float()
-        dot_max = dot.abs().amax(1)
-        score = dot.mul_(-2.0).add_(r_sq)  # in place: the (chunk, N) block is the only large buffer
+            dot_max = dot.abs().amax(1)  # the output rounding is relative to it
+            score = dot.mul_(-2.0).add_(r_sq)  # in place: the (chunk, N) block is the only large buffer
+        else:
+            with _float32_matmul_exactly():
+                score = torch.addmm(r_sq, q_gemm, r_gemm.T, beta=1.0, alpha=-2.0)
+            dot_max = q_norm * big_r  # Cauchy–Schwarz: no pass over the block needed
         vals, cand = score.topk(min(m + 1, n_ref), dim=1, largest=False)
         d, i = _exact_distances(qc, r, cand[:, :m])
         d, i = d[:, :k], i[:, :k]
