@@ -4,8 +4,10 @@ Runs the audit through the Python API on a small phantom cohort (default 30 pati
 diffusion model for many steps without DP and at ε = 8 (patient-level DP-SGD), runs the white-box loss attack
 (Carlini et al. 2023; signal chosen on reference patients) and prints each model's AUC with its patient-bootstrap
 95% CI at slice and patient level, and the accountant's ε. Expect the non-DP model's AUC above the DP model's.
+As in ``cmraudit run``, the DP model first trains without DP on public data (``--dp-pretrain``, default the
+phantom with seed 1, which shares no patient with the audited one; ``none`` for DP-SGD from scratch).
 
-    python benchmarks/bench_dp_membership.py [--patients 30] [--steps 600] [--out DIR]
+    python benchmarks/bench_dp_membership.py [--patients 30] [--steps 600] [--dp-pretrain none] [--out DIR]
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dp-pretrain", default=None, help="public pretraining data of the DP model, or none")
     parser.add_argument("--out", default=None, help="run folder (default: a fresh temporary one)")
     args = parser.parse_args()
 
@@ -32,7 +35,8 @@ def main() -> None:
     start = time.perf_counter()
     run = open_run(out, overrides={"data": f"phantom:{args.patients}", "profile": "quick",
                                    "generators": ["diffusion"], "dp_epsilons": ["inf", args.epsilon],
-                                   "attacks": ["loss"], "metrics": [], "train": {"steps": args.steps}})
+                                   "attacks": ["loss"], "metrics": [], "train": {"steps": args.steps},
+                                   **({"dp_pretrain": args.dp_pretrain} if args.dp_pretrain else {})})
     doc = run.run()
     print(f"phantom:{args.patients}, diffusion, {args.steps} steps, loss attack; {time.perf_counter() - start:.0f} s")
     print(f"{'model':16} {'epsilon':>8} {'slice AUC':>10} {'95% CI':>16} {'patient AUC':>12} {'95% CI':>16}")
