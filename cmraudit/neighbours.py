@@ -290,10 +290,7 @@ def _spectral_features(x: torch.Tensor) -> torch.Tensor:
 
 
 def _candidate_scores(qf: torch.Tensor, rf: torch.Tensor, flips: bool) -> torch.Tensor:
-    """Spectral similarity, maximised over flips when asked, (chunk, N). Only ranks candidates for the exact
-    refinement, so it runs in bfloat16 where that is fast (``_bfloat16_is_fast``)."""
-    if _bfloat16_is_fast(qf.device):
-        qf, rf = qf.bfloat16(), rf.bfloat16()
+    """Spectral similarity, maximised over flips when asked, (chunk, N)."""
     even, odd = (qf[0] @ rf[0].T).float(), (qf[1] @ rf[1].T).float()
     return even + (odd.abs() if flips else odd)
 
@@ -361,7 +358,11 @@ def _prepare(images: torch.Tensor, dev: torch.device, max_shift: int, spectral: 
     s = max_shift
     crop = x[:, s:x.shape[-2] - s, s:x.shape[-1] - s]
     crops = _unit(crop.flatten(1)).view_as(crop)
-    return _Prepared(x, crops, _spectral_features(x) if spectral else x[:0])
+    if not spectral:
+        return _Prepared(x, crops, x[:0])
+    # the spectra only rank candidates for the exact refinement: bfloat16 where its GEMMs are fast
+    features = _spectral_features(x)
+    return _Prepared(x, crops, features.bfloat16() if _bfloat16_is_fast(dev) else features)
 
 
 def _to_distance(rho: torch.Tensor) -> torch.Tensor:

@@ -163,24 +163,23 @@ class AuditRun:
     def public_table(self) -> SliceTable:
         """The ``dp_pretrain`` data (loaded once per run, shared by every DP model and its shadows)."""
         if self._public_table is None:
-            from .data.sources import open_source
-
-            self.progress(ProgressEvent("data", message=f"loading {self.config.dp_pretrain} (public pretraining)"))
-            self._public_table = open_source(self.config.dp_pretrain).load(int(self.config.image_size))
-            if len(self._public_table) == 0:
-                raise RunError(f"dp_pretrain {self.config.dp_pretrain!r} yielded no slices")
+            self._public_table = self._load(self.config.dp_pretrain, "dp_pretrain", " (public pretraining)")
         return self._public_table
 
     @property
     def table(self) -> SliceTable:
         if self._table is None:
-            from .data.sources import open_source
-
-            self.progress(ProgressEvent("data", message=f"loading {self.config.data}"))
-            self._table = open_source(self.config.data).load(int(self.config.image_size))
-            if len(self._table) == 0:
-                raise RunError(f"data source {self.config.data!r} yielded no slices")
+            self._table = self._load(self.config.data, "data source")
         return self._table
+
+    def _load(self, spec: str, what: str, note: str = "") -> SliceTable:
+        from .data.sources import open_source
+
+        self.progress(ProgressEvent("data", message=f"loading {spec}{note}"))
+        table = open_source(spec).load(int(self.config.image_size))
+        if len(table) == 0:
+            raise RunError(f"{what} {spec!r} yielded no slices")
+        return table
 
     @property
     def split(self) -> Split:

@@ -159,12 +159,23 @@ def test_bfloat16_error_bound_covers_the_gemm():
         assert error.max() > bound.max() / 100  # and it is not vacuous
 
 
-def test_a_callers_reduced_float32_matmul_precision_does_not_break_exactness():
+def test_the_float32_gemm_runs_in_full_precision_whatever_the_caller_set(monkeypatch):
+    """A caller's ``set_float32_matmul_precision("medium")`` lets torch round GEMM inputs to TF32 or bfloat16, which
+    would void the error bound: the search's GEMM must run at "highest" and the caller's setting come back."""
+    seen = []
+    addmm = torch.addmm
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_float32_matmul_precision())
+        return addmm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "addmm", spy)
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("medium")
     try:
         queries, refs = _twins(100.0)
         out = nb.knn(queries, refs, k=1, precision="float32")
+        assert seen and set(seen) == {"highest"}
         assert torch.get_float32_matmul_precision() == "medium"  # restored
     finally:
         torch.set_float32_matmul_precision(previous)
