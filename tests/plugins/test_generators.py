@@ -187,21 +187,11 @@ def test_cuda_training_with_amp_and_seeded_sampling(name, table, tmp_path):
 
 # --------------------------------------------------------------------------------------------------- fast DP path
 def _one_dp_step(name: str, overrides: dict, mode: str, table) -> dict[str, torch.Tensor]:
-    """Parameters of every network after one DP step with clipping active and noise ~0."""
-    from cmraudit.runner import EMA, LoopRunner
+    from cmraudit.testkit import parameters_after_one_dp_step
 
-    gen = build(name, **overrides)
-    gen.train()
-    runner = LoopRunner(gen, {n: torch.optim.SGD(gen.nets[n].parameters(), lr=1.0) for n in gen.nets},
-                        torch.device("cpu"), None, 0.0, EMA({}, 0.9))
-    runner.make_private(gen.private_networks(), 1e-9, 0.05, 4.0, mode)
-    torch.manual_seed(1)
-    runner.begin_step(4)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="In CPU autocast")
-        gen.training_step(Batch.from_table(table, np.arange(4)), runner)
-    runner.release()
-    return {n: torch.cat([p.detach().flatten() for p in gen.nets[n].parameters()]) for n in gen.nets}
+        return parameters_after_one_dp_step(build(name, **overrides), Batch.from_table(table, np.arange(4)), mode)
 
 
 @pytest.mark.parametrize("name,overrides", [*[(n, {}) for n in BUILT_IN], ("diffusion", WITH_ATTENTION)],
