@@ -92,7 +92,7 @@ def encoder_features(ctx: AuditContext, tables: list[SliceTable]) -> list[torch.
     if not option(ctx, "attacks", "features", True):
         return None
     try:
-        from cmraudit.features import get_encoder
+        from cmraudit.measure.features import get_encoder
     except ImportError:
         return None
     encoder = get_encoder(ctx)

@@ -6,7 +6,7 @@ for the *real counterpart* — the real slices whose masks conditioned the synth
 phase and slice), or the non-members when those are unknown. The counterpart's number, ``details["real_vs_real"]``,
 is what "as good as real" reads for this metric at this sample size.
 
-Feature-space values use cmraudit's in-domain encoder (cmraudit.features): "FD on cmraudit's in-domain encoder",
+Feature-space values use cmraudit's in-domain encoder (cmraudit.measure.features): "FD on cmraudit's in-domain encoder",
 not FID, and only comparable within one run.
 """
 from __future__ import annotations
@@ -20,11 +20,11 @@ import numpy as np
 
 from cmraudit.api import AuditContext, Metric, MetricValue, NotApplicable
 from cmraudit.data.types import LABELS, SliceTable
-from cmraudit.features import Encoder, get_encoder
-from cmraudit.fidelity_math import (feature_frechet_distance, kernel_inception_distance, mean_pairwise_ms_ssim, prdc,
+from cmraudit.measure.features import Encoder, get_encoder
+from cmraudit.measure.fidelity_math import (feature_frechet_distance, kernel_inception_distance, mean_pairwise_ms_ssim, prdc,
                                     spectrum_distance, structure_intensity_w1)
 from cmraudit.hookspecs import hookimpl
-from cmraudit.segmenter import evaluate
+from cmraudit.measure.segmenter import evaluate
 
 
 @dataclass(frozen=True)

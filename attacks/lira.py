@@ -25,7 +25,7 @@ import torch
 
 from cmraudit.api import Attack, AttackResult, AuditContext, Generator, NotApplicable
 from cmraudit.hookspecs import hookimpl
-from cmraudit.neighbours import knn
+from cmraudit.measure.neighbours import knn
 
 from ._shared import generator_or_skip, images, membership_signals, option, pixel_scale, slice_result
 

@@ -33,7 +33,7 @@ import torch
 
 from cmraudit.api import Attack, AttackResult, AuditContext, Batch, Generator, NotApplicable
 from cmraudit.hookspecs import hookimpl
-from cmraudit.neighbours import count_within, knn
+from cmraudit.measure.neighbours import count_within, knn
 
 from ._shared import (encoder_features, generator_or_skip, images, membership_signals, option, pixel_scale,
                       reference_z, scored_part, slice_result)

@@ -4,8 +4,8 @@ For every synthetic image: the distance to the nearest image of each training pa
 (non-member) patient, in up to three spaces —
   pixel      l2 / sqrt(HW) (per-pixel RMS difference);
   near-copy  sqrt(2 − 2ρ), ρ the correlation maximised over shifts ≤ 2 px and flips after per-image intensity
-             normalisation (``cmraudit.neighbours``): catches shifted, flipped and re-windowed copies;
-  encoder    the in-domain encoder's features (``cmraudit.features``), when available.
+             normalisation (``cmraudit.measure.neighbours``): catches shifted, flipped and re-windowed copies;
+  encoder    the in-domain encoder's features (``cmraudit.measure.features``), when available.
 
 Reported (in ``details`` / ``arrays``):
   * DCR distributions to train and to holdout, and the DCR share P(d_train < d_holdout) with a CI from
@@ -31,7 +31,7 @@ import torch
 
 from cmraudit.api import Attack, AttackResult, AuditContext, NotApplicable
 from cmraudit.hookspecs import hookimpl
-from cmraudit.neighbours import group_nearest, near_copy_group_nearest
+from cmraudit.measure.neighbours import group_nearest, near_copy_group_nearest
 
 from ._shared import encoder_features, images, option, pixel_scale
 

@@ -18,7 +18,7 @@ import torch
 from cmraudit.api import Attack, AttackResult, AuditContext, Generator
 from cmraudit.data.types import SliceTable
 from cmraudit.hookspecs import hookimpl
-from cmraudit.neighbours import near_copy_pair_distance
+from cmraudit.measure.neighbours import near_copy_pair_distance
 
 from ._shared import generator_or_skip, option, pixel_scale
 

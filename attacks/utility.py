@@ -2,12 +2,12 @@
 
 TSTR (train on synthetic, test on real; Esteban et al. 2017): a segmenter trained on synthetic (image, mask) pairs
 only, scored on the held-out real test patients with ACDC's Dice and HD95 per structure and per vendor. Beside it,
-with the same recipe (cmraudit.segmenter): TRTR (trained on the real members, the ceiling a generator aims at) and
+with the same recipe (cmraudit.measure.segmenter): TRTR (trained on the real members, the ceiling a generator aims at) and
 real + synthetic (does adding synthetic data help?). When several vendors exist, a leave-one-vendor-out fold trains
 without one vendor and tests on it (scanner robustness, as in M&Ms; Campello et al. 2021). When pathology labels
 exist, a slice classifier trained on synthetic images is scored per test patient (accuracy, balanced accuracy).
 
-Real-data models (TRTR, its vendor folds) are trained once per run (see cmraudit.segmenter.real_segmenter).
+Real-data models (TRTR, its vendor folds) are trained once per run (see cmraudit.measure.segmenter.real_segmenter).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 from cmraudit.api import AuditContext, Metric, MetricValue, NotApplicable
 from cmraudit.data.types import PATHOLOGIES, SliceTable
 from cmraudit.hookspecs import hookimpl
-from cmraudit.segmenter import context_config, evaluate, real_segmenter, train_segmenter
+from cmraudit.measure.segmenter import context_config, evaluate, real_segmenter, train_segmenter
 
 
 @dataclass(frozen=True)

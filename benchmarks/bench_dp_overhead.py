@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny reference denoiser
 
 from cmraudit.api import Batch, Conditioning  # noqa: E402
-from cmraudit.device import amp_dtype, select_device  # noqa: E402
-from cmraudit.runner import EMA, LoopRunner  # noqa: E402
+from cmraudit.training.device import amp_dtype, select_device  # noqa: E402
+from cmraudit.training.step_runner import EMA, LoopRunner  # noqa: E402
 
 SIZES = {"smoke": 32, "quick": 64, "standard": 128}
 

@@ -1,13 +1,13 @@
 """Do the generators' samples follow their conditioning masks? Quick profile, phantom data, CPU.
 
-Each generator is trained on the member patients with the quick profile through ``cmraudit.train``, then samples
+Each generator is trained on the member patients with the quick profile through ``cmraudit.training.loop``, then samples
 one image per slice of held-out (reference) patients, conditioned on those patients' masks (never a member's).
 Two measures, each for the conditioning mask and for a shuffled mask (another held-out slice's), so "beats
 shuffled" means the image carries the stencil it was asked for:
 
 * intensity-in-structure R^2: the share of an image's pixel variance explained by the mask's labels (the
   between-label variance of the label-wise means); real images with their own masks score high;
-* segmenter Dice: a segmenter (``cmraudit.segmenter``, quick recipe) trained on the real member slices segments
+* segmenter Dice: a segmenter (``cmraudit.measure.segmenter``, quick recipe) trained on the real member slices segments
   the synthetic images; mean Dice over RV, MYO, LV against the conditioning vs the shuffled mask.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_mask_consistency.py [--generators gan,vae,diffusion,flow] [--dp]
@@ -28,10 +28,10 @@ import torch
 from cmraudit.api import Batch, Conditioning
 from cmraudit.data.sources import open_source
 from cmraudit.data.splits import make_split
-from cmraudit.privacy import DPConfig
+from cmraudit.training.privacy import DPConfig
 from cmraudit.registry import registered
-from cmraudit.segmenter import predict, train_segmenter
-from cmraudit.train import TrainConfig, train
+from cmraudit.measure.segmenter import predict, train_segmenter
+from cmraudit.training.loop import TrainConfig, train
 
 
 def label_r2(images: torch.Tensor, masks: torch.Tensor, n_labels: int = 4) -> np.ndarray:

@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python benchmarks/bench_neighbours.py [--n 5000] [--size 64] [--threads 2] [--repeats 3]
 
-Prints the best-of-``repeats`` wall time of cmraudit.neighbours.knn (its bfloat16 GEMM where this CPU has fast
+Prints the best-of-``repeats`` wall time of cmraudit.measure.neighbours.knn (its bfloat16 GEMM where this CPU has fast
 bfloat16 units, and then also its float32 GEMM), sklearn NearestNeighbors(algorithm="brute")
 and faiss IndexFlatL2 (skipped when faiss-cpu is not installed: ``pip install faiss-cpu``), checks that all return
 the same neighbours, and the cost of the near-copy search (shifts ≤ 2 px, flips, intensity) relative to the plain
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from cmraudit.neighbours import _bfloat16_is_fast, knn, near_copy_knn
+    from cmraudit.measure.neighbours import _bfloat16_is_fast, knn, near_copy_knn
 
     q, r = images(args.n, args.size, 0), images(args.n, args.size, 1)
     qn, rn = q.flatten(1).numpy(), r.flatten(1).numpy()

@@ -22,7 +22,7 @@ from cmraudit.attacks.fidelity import Fidelity
 from cmraudit.attacks.utility import Utility
 from cmraudit.data.sources import open_source
 from cmraudit.data.splits import make_split
-from cmraudit.features import get_encoder
+from cmraudit.measure.features import get_encoder
 
 
 def main() -> None:

@@ -131,7 +131,7 @@ class Generator(abc.ABC):
 
     @classmethod
     def make_config(cls, profile: str = "quick", overrides: dict[str, Any] | None = None) -> Any:
-        from .config import build_dataclass
+        from .dataclass_config import build_dataclass
 
         return build_dataclass(cls.Config, {**cls.profile_config(profile), **(overrides or {})}, owner=cls.name)
 

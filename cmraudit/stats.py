@@ -12,7 +12,6 @@ al. 2018 (membership advantage = max TPR − FPR).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -233,36 +232,3 @@ def _json_ready(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
-
-
-# --------------------------------------------------------------------------------------------------- score files
-SCORE_ARRAYS = ("member_scores", "nonmember_scores", "member_patients", "nonmember_patients")
-
-
-def save_scores(result: Any, path: Path | str) -> None:
-    """Write a result's scores (and its extra arrays) as .npz, atomically. Patient ids are stored as unicode."""
-    import io
-
-    from .io import atomic_write_bytes
-
-    arrays = {k: np.asarray(getattr(result, k)) for k in SCORE_ARRAYS}
-    arrays["member_patients"] = arrays["member_patients"].astype(str)
-    arrays["nonmember_patients"] = arrays["nonmember_patients"].astype(str)
-    arrays["level"] = np.asarray(result.level)
-    clash = set(arrays) & set(result.arrays)
-    if clash:
-        raise ValueError(f"extra arrays may not reuse the names {sorted(clash)}")
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays, **{k: np.asarray(v) for k, v in result.arrays.items()})
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_scores(path: Path | str) -> Any:
-    """An AttackResult rebuilt from a score file written by ``save_scores``."""
-    from .api import AttackResult
-
-    with np.load(path, allow_pickle=False) as z:
-        extra = {k: z[k] for k in z.files if k not in (*SCORE_ARRAYS, "level")}
-        return AttackResult(z["member_scores"], z["nonmember_scores"], z["member_patients"],
-                            z["nonmember_patients"], level=str(z["level"]) if "level" in z.files else "slice",
-                            arrays=extra)

@@ -11,8 +11,7 @@ from cmraudit.api import ReportSection
 from cmraudit.data.types import PATHOLOGIES, VENDORS
 
 from . import figures
-from .html import fmt
-from .sections import ok_models
+from .page import fmt, ok_models
 
 GALLERY_TILES = 4  # per cell, as a 2 x 2 grid
 PAIRS_SHOWN = 6

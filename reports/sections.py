@@ -1,7 +1,7 @@
 """The built-in text and table sections of report.html (the picture sections are in ``galleries``). Each one
 degrades to a note when its data is absent.
 
-Sections get a ``cmraudit.reports.html.Report`` and return HTML built only from autoescaped templates
+Sections get a ``cmraudit.reports.page.Report`` and return HTML built only from autoescaped templates
 (``parts.html`` macros and the section templates), so names and errors from plugins cannot inject markup.
 """
 from __future__ import annotations
@@ -12,11 +12,7 @@ from cmraudit import results as R
 from cmraudit.api import ReportSection
 
 from . import figures
-from .html import Cell, fmt
-
-
-def ok_models(report) -> list[str]:
-    return [m for m, e in report.models.items() if e.get("status") == "ok"]
+from .page import Cell, fmt, ok_models
 
 
 class SummarySection(ReportSection):
@@ -174,10 +170,3 @@ class ConfigSection(ReportSection):
         return report.render("config.html", data=data,
                              split=report.part("table", ["role", "patients", "slices", "by vendor", "by pathology"], split_rows),
                              env=report.part("table", ["", "value"], env_rows))
-
-
-def built_in() -> tuple[type[ReportSection], ...]:
-    from .galleries import DcrSection, GallerySection, MemorisationSection, ReplaySection, RocSection
-
-    return (SummarySection, ComparisonSection, RocSection, DcrSection, GallerySection, MemorisationSection,
-            ReplaySection, PrivacySection, ConfigSection)

@@ -8,7 +8,7 @@ import numpy as np
 
 from cmraudit import hookimpl
 from cmraudit.api import Attack, AttackResult, DatasetSource, Metric, MetricValue, NotApplicable, ReportSection
-from cmraudit.testkit import TinyGenerator, tiny_table
+from cmraudit.testing.tiny import TinyGenerator, tiny_table
 
 CALLS: dict[str, int] = {}
 
@@ -152,7 +152,7 @@ class ScriptPlugins:
 
 def tiny_config(out: Path, **changes):
     """A smoke-profile RunConfig on the tiny data: 20 patients, the fast generator, known attacks and metrics."""
-    from cmraudit.runconfig import ModelSpec, RunConfig
+    from cmraudit.run.config import ModelSpec, RunConfig
 
     values = dict(out=out, data="tinyrun:20", profile="smoke", image_size=16, dp_pretrain="phantom:8,seed=1",
                   models=[ModelSpec("fast-tiny", "fast-tiny")],

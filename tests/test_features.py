@@ -6,8 +6,8 @@ import torch
 
 from cmraudit.api import AuditContext, Split
 from cmraudit.data.splits import make_split
-from cmraudit.features import Encoder, encoder_blocks, fingerprint, get_encoder
-from cmraudit.segmenter import build_segmenter, context_config, segmenter_config
+from cmraudit.measure.features import Encoder, encoder_blocks, fingerprint, get_encoder
+from cmraudit.measure.segmenter import build_segmenter, context_config, segmenter_config
 
 
 def _ctx(table, split, tmp_path, seed=0, cache=None):
@@ -38,7 +38,7 @@ def test_encoder_blocks_reproduce_the_unets_encoder():
 
 
 def test_get_encoder_is_deterministic_memoised_and_cached(phantom_table_32, tmp_path, monkeypatch):
-    import cmraudit.segmenter as seg
+    import cmraudit.measure.segmenter as seg
 
     split = make_split(phantom_table_32, seed=0)
     images = phantom_table_32.images[:16]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from cmraudit import neighbours as nb
+from cmraudit.measure import neighbours as nb
 
 
 def _smooth(n: int, size: int, seed: int) -> torch.Tensor:

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from cmraudit.errors import ConfigError, PluginError
-from cmraudit.privacy import (DPConfig, PoissonSampler, calibrate, epsilon_spent, make_accountant,
+from cmraudit.training.privacy import (DPConfig, PoissonSampler, calibrate, epsilon_spent, make_accountant,
                               releases_noise)
-from cmraudit.runner import EMA, LoopRunner, fold_grad_samples
-from cmraudit.train import TrainConfig, train
+from cmraudit.training.step_runner import EMA, LoopRunner, fold_grad_samples
+from cmraudit.training.loop import TrainConfig, train
 from tiny_generator import TinyBatchNorm, TinyDenoiser, TinyPair, build, tiny_table
 
 RECORD_KEYS = {"epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "accountant", "unit"}
@@ -208,7 +208,7 @@ def test_two_private_networks_split_the_per_step_noise(tmp_path):
 
 
 def _adam_state(run_dir):
-    from cmraudit.checkpoint import latest_checkpoint
+    from cmraudit.training.checkpoint import latest_checkpoint
 
     _, state = latest_checkpoint(run_dir / "checkpoints")
     return state["runner"]["optimizers"]["net"]["state"].values()
@@ -225,7 +225,7 @@ def _adam_state(run_dir):
 def test_grouped_convolution_gives_opacus_per_example_gradients(geometry):
     from opacus.grad_sample.conv import compute_conv_grad_sample
 
-    from cmraudit.grad_sample import conv2d_grad_sample, grouped_conv2d_grad_sample, looped_conv2d_grad_sample
+    from cmraudit.training.grad_sample import conv2d_grad_sample, grouped_conv2d_grad_sample, looped_conv2d_grad_sample
 
     layer = nn.Conv2d(**geometry)
     x = torch.randn(3, layer.in_channels, 24, 20)  # large enough maps for the rule to pick grouped or looped
@@ -243,7 +243,7 @@ def test_grouped_convolution_gives_opacus_per_example_gradients(geometry):
 def test_fast_and_stock_opacus_modes_take_the_same_dp_step(cls):
     """With clipping active and noise ~0, every grad-sample mode must produce the same update."""
     from cmraudit.api import Batch
-    from cmraudit.testkit import parameters_after_one_dp_step
+    from dp_helpers import parameters_after_one_dp_step
 
     batch = Batch.from_table(tiny_table(), list(range(6)))
     updated = {mode: parameters_after_one_dp_step(build(cls), batch, mode) for mode in ("fast", "hooks", "functorch")}
@@ -258,7 +258,7 @@ def test_fast_and_stock_opacus_modes_take_the_same_dp_step(cls):
 def test_factored_linear_gradients_match_materialised_ones():
     """Norms and clipped sums of factored Linear gradients equal those of the (B, out, in) tensor, also when an
     example contributed several rows (blocks), as in a discriminator's real + fake pass."""
-    from cmraudit.grad_sample import FactoredGrad
+    from cmraudit.training.grad_sample import FactoredGrad
 
     torch.manual_seed(0)
     a, g = torch.randn(2, 5, 7), torch.randn(2, 5, 3)
@@ -289,7 +289,7 @@ def test_per_example_conv_gradients_ignore_the_input_memory_layout(size):
     """Opacus' unfold gives wrong per-example gradients for channels-last inputs; the fast path must not."""
     from opacus.grad_sample.conv import compute_conv_grad_sample
 
-    from cmraudit.grad_sample import conv2d_grad_sample
+    from cmraudit.training.grad_sample import conv2d_grad_sample
 
     layer = nn.Conv2d(4, 8, 3, padding=1)
     x = torch.randn(3, size, size, 4).permute(0, 3, 1, 2)  # channels-last strides

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmraudit.checkpoint import latest_checkpoint
-from cmraudit.privacy import DPConfig
-from cmraudit.train import TrainConfig, train
+from cmraudit.training.checkpoint import latest_checkpoint
+from cmraudit.training.privacy import DPConfig
+from cmraudit.training.loop import TrainConfig, train
 from tiny_generator import TinyDenoiser, build, tiny_table
 
 TESTS = Path(__file__).parent
@@ -29,8 +29,8 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import torch
     torch.set_num_threads(1)
-    from cmraudit.privacy import DPConfig
-    from cmraudit.train import TrainConfig, train
+    from cmraudit.training.privacy import DPConfig
+    from cmraudit.training.loop import TrainConfig, train
     from tiny_generator import TinyDenoiser, build, tiny_table
 
     def progress(step, total, logs):

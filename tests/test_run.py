@@ -9,8 +9,9 @@ import run_fakes
 
 from cmraudit import results as R
 from cmraudit.errors import ConfigError, RunError
-from cmraudit.run import AuditRun, open_run, safe_name
-from cmraudit.runconfig import ModelSpec, RunConfig, merge_layers, parse_set, read_toml, to_toml
+from cmraudit.run import AuditRun, open_run
+from cmraudit.run.events import safe_name
+from cmraudit.run.config import ModelSpec, RunConfig, merge_layers, parse_set, read_toml, to_toml
 
 
 @pytest.fixture(autouse=True)
@@ -128,8 +129,8 @@ def test_a_run_folder_accumulates_models(fakes, tmp_path):
     second = AuditRun(fakes.tiny_config(tmp_path / "run", models=[ModelSpec("fast-tiny-2", "fast-tiny")]))
     second.train()
     assert [m["name"] for m in read_toml(tmp_path / "run" / "config.toml")["model"]] == ["fast-tiny-2", "fast-tiny"]
-    assert set(second.doc["models"]) == {"fast-tiny", "fast-tiny-2"}
-    assert all(m["stages"]["train"] for m in second.doc["models"].values())
+    assert set(second.results["models"]) == {"fast-tiny", "fast-tiny-2"}
+    assert all(m["stages"]["train"] for m in second.results["models"].values())
 
 
 def test_unknown_names_are_usage_errors_before_any_work(fakes, tmp_path):
@@ -222,7 +223,7 @@ def test_cli_run_then_gate(fakes, tmp_path, capsys):
 
 
 def test_baselines_lift_real_vs_real_and_trtr():
-    from cmraudit.audit import record_baselines
+    from cmraudit.run.records import record_baselines
 
     doc: dict = {"baselines": {}}
     record_baselines(doc, {"fd": {"value": 3.0, "details": {"real_vs_real": 0.4}},
@@ -235,23 +236,23 @@ def test_dp_shadows_start_from_the_models_public_pretraining(fakes, tmp_path, mo
     """LiRA's shadows must be trained like the target: a DP model's shadows reload its public pretraining."""
     import torch
 
-    from cmraudit import stages
-    from cmraudit.audit import shadow_trainer
-    from cmraudit.train import load_trained
+    from cmraudit.run import train_stage
+    from cmraudit.run.train_stage import shadow_trainer
+    from cmraudit.training.loop import load_trained
 
     spec = ModelSpec("fast-tiny-dp2", "fast-tiny", 2.0)
     run = AuditRun(fakes.tiny_config(tmp_path / "run", models=[spec], dp={"accountant": "rdp"}))
     run.prepare()
     run.train()
-    pretrained = load_trained(run.model_dir(spec.name) / "public-pretraining")
-    starts, original = [], stages.public_pretraining
+    pretrained = load_trained(run.folder.model_dir(spec.name) / "public-pretraining")
+    starts, original = [], train_stage.public_pretraining
 
     def spy(*args, **kwargs):
         info = original(*args, **kwargs)
         starts.append([p.detach().clone() for p in args[2].nets["net"].parameters()])
         return info
 
-    monkeypatch.setattr("cmraudit.stages.public_pretraining", spy)
+    monkeypatch.setattr("cmraudit.run.train_stage.public_pretraining", spy)
     shadow_trainer(run, spec)(run.split.nonmembers, 3)
     assert len(starts) == 1
     for got, want in zip(starts[0], pretrained.nets["net"].parameters()):

@@ -9,7 +9,7 @@ import torch
 
 from cmraudit.api import AuditContext
 from cmraudit.data.splits import make_split
-from cmraudit.segmenter import (dice_hd95, evaluate, load_segmenter, real_segmenter, segmenter_config,
+from cmraudit.measure.segmenter import (dice_hd95, evaluate, load_segmenter, real_segmenter, segmenter_config,
                                 train_segmenter)
 
 
@@ -66,7 +66,7 @@ def test_training_is_deterministic_and_learns(split_table):
 
 
 def test_real_segmenter_is_trained_once_per_run_and_cached_on_disk(split_table, tmp_path, monkeypatch):
-    import cmraudit.segmenter as seg
+    import cmraudit.measure.segmenter as seg
 
     table, split = split_table
     calls = []

@@ -85,8 +85,10 @@ def test_summarize_fields_and_score_file_roundtrip(tmp_path):
     assert set(out["tpr_at_fpr"]) == {"0.1", "0.01", "0.001"}
     assert out["patient"]["n_members"] == 8 and out["patient"]["aggregation"] == "mean"
     assert out["auc_ci"][0] <= out["auc"] <= out["auc_ci"][1]
-    stats.save_scores(result, tmp_path / "s.npz")
-    again = stats.load_scores(tmp_path / "s.npz")
+    from cmraudit.run.folder import load_scores, save_scores
+
+    save_scores(result, tmp_path / "s.npz")
+    again = load_scores(tmp_path / "s.npz")
     assert stats.summarize(again, n_boot=200) == out
     assert again.arrays["extra"].tolist() == [0, 1, 2]
 

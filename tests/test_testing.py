@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-import cmraudit.testkit as testkit
+import cmraudit.testing.contracts as contracts
 from cmraudit import AttackResult, Conditioning, Generator, Metric, MetricValue, NotApplicable, PluginError
 from cmraudit.testing import (ContractViolation, TinyGenerator, check_attack, check_generator, check_metric,
                               make_audit_context)
-from cmraudit.testkit import TinyConfig, _StructureIntensityNet, tiny_table, train_steps
+from cmraudit.testing.tiny import TinyConfig, _StructureIntensityNet, tiny_table, train_steps
 
 
 # --------------------------------------------------------------------------------------------------- generators
@@ -139,7 +139,7 @@ def test_correct_generator_passes_and_comes_back_trained():
 
 
 def test_without_the_training_loop_a_plain_runner_and_grad_sample_check_are_used(monkeypatch):
-    monkeypatch.setattr(testkit, "training_loop", lambda: None)
+    monkeypatch.setattr(contracts, "training_loop", lambda: None)
     check_generator(TinyGenerator)
     with pytest.raises(ContractViolation, match="opacus-compatible"):
         check_generator(BatchNormGenerator)

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from cmraudit.checkpoint import list_checkpoints
-from cmraudit.device import amp_dtype, select_device
+from cmraudit.training.checkpoint import list_checkpoints
+from cmraudit.training.device import amp_dtype, select_device
 from cmraudit.errors import ConfigError, PluginError, RunError
-from cmraudit.privacy import DPConfig
-from cmraudit.train import PROFILE_DEFAULTS, TrainConfig, TrainResult, load_trained, train
+from cmraudit.training.privacy import DPConfig
+from cmraudit.training.loop import PROFILE_DEFAULTS, TrainConfig, TrainResult, load_trained, train
 from tiny_generator import TinyDenoiser, TinyPair, build, tiny_table
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (AMP runs on CUDA only)")

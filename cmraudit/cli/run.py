@@ -33,7 +33,7 @@ _POLICY = typer.Option(None, "--policy", help="Policy TOML for the report's pass
 
 def _flags(**kw: Any) -> dict[str, Any]:
     """Command-line flags as a config layer (only the flags that were given)."""
-    from ..runconfig import parse_set
+    from ..run.config import parse_set
 
     table = parse_set(kw.pop("assignments") or [])
     eps = kw.pop("dp_epsilon")
@@ -57,7 +57,7 @@ def _pipeline_command(name: str, doc: str) -> None:
                 dp_pretrain: Optional[str] = _PRETRAIN, assignments: Optional[list[str]] = _SET, force: bool = _FORCE, redact: bool = _REDACT,
                 policy: Optional[Path] = _POLICY) -> None:
         from ..errors import UsageError
-        from ..run import open_run
+        from ..run.audit_run import open_run
         from .progress import ProgressView, console, summary_table
 
         if run_dir and out and Path(run_dir) != Path(out):
@@ -73,14 +73,14 @@ def _pipeline_command(name: str, doc: str) -> None:
                 run.run(redact=redact, policy=policy)
             else:
                 getattr(run, name)()
-        console().print(summary_table(run.doc))
+        console().print(summary_table(run.results))
         if name == "run":
             typer.echo(f"report: {run.out / 'report.html'}")
-        typer.echo(f"results: {run.results_path}")
-        failed = [m for m, e in run.doc["models"].items() if e["status"] == "failed"]
+        typer.echo(f"results: {run.folder.results_path}")
+        failed = [m for m, e in run.results["models"].items() if e["status"] == "failed"]
         if failed:
             typer.echo(f"cmraudit: error: {len(failed)} model(s) failed: " + "; ".join(
-                f"{m}: {run.doc['models'][m]['error']}" for m in failed), err=True)
+                f"{m}: {run.results['models'][m]['error']}" for m in failed), err=True)
             raise typer.Exit(1)
 
     command.__doc__ = doc
@@ -100,9 +100,10 @@ def report_command(run_dir: Path = typer.Argument(..., help="Run folder."),
                                                          "RUN/report.html, RUN/report-redacted.html with --redact)")) -> None:
     """Write report.html for a run folder (self-contained; opens offline)."""
     from ..reports.html import write_report
+    from ..run.folder import RunFolder
 
     target = output or run_dir / ("report-redacted.html" if redact else "report.html")
-    typer.echo(f"report: {write_report(run_dir, target, redact=redact, policy=policy)}")
+    typer.echo(f"report: {write_report(RunFolder(run_dir), target, redact=redact, policy=policy)}")
 
 
 @app.command("gate")

@@ -18,9 +18,10 @@ from cmraudit.api import AuditContext, Batch, Conditioning, Generator
 from cmraudit.data.splits import make_split
 from cmraudit.data.types import SliceTable
 from cmraudit.registry import get
-from cmraudit.selection import select_attacks
-from cmraudit.stats import load_scores, save_scores, summarize
-from cmraudit.testkit import sample_table
+from cmraudit.run.selection import select_attacks
+from cmraudit.run.folder import load_scores, save_scores
+from cmraudit.stats import summarize
+from cmraudit.testing.tiny import sample_table
 
 OPTIONS = {"attacks": {"features": False}, "lira": {"shadows": 2}, "loss": {"selection_shadows": 1}}
 FRACTIONS = {"members": 0.3, "nonmembers": 0.3, "reference": 0.15, "test": 0.25}
@@ -181,7 +182,7 @@ def test_oracle_dcr_share_is_within_five_points_of_half():
     distinct synthetic source patient (standard deviation about 0.5/sqrt(patients)), so this needs hundreds of
     them: 2 000 small two-slice patients (tiny images keep it a few seconds), 800 of them in the oracle's pool.
     On the 120-patient phantom world above the same estimator's CI covers 0.5 but spans about ±0.13."""
-    from cmraudit.testkit import tiny_table
+    from cmraudit.testing.tiny import tiny_table
 
     table = tiny_table(n_patients=2000, slices_per_patient=2, image_size=16, seed=0)
     split = make_split(table, seed=0, fractions={"members": 0.25, "nonmembers": 0.25, "reference": 0.1,

@@ -5,9 +5,9 @@ import pytest
 
 from cmraudit.errors import UsageError
 from cmraudit.registry import get, registered
-from cmraudit.selection import resolve_attacks, select_attacks
+from cmraudit.run.selection import resolve_attacks, select_attacks
 from cmraudit.testing import check_attack
-from cmraudit.testkit import TinyGenerator
+from cmraudit.testing.tiny import TinyGenerator
 
 BUILT_IN = ["gan-leaks", "gan-leaks-cal", "monte-carlo", "domias", "lira", "stencil-replay"]
 

@@ -11,7 +11,7 @@ import torch
 from cmraudit.api import Batch, Conditioning
 from cmraudit.registry import registered
 from cmraudit.testing import check_generator
-from cmraudit.testkit import PlainRunner, tiny_table, train_steps
+from cmraudit.testing.tiny import PlainRunner, tiny_table, train_steps
 
 GENERATORS = sorted(registered("generators"))
 BUILT_IN = ("diffusion", "flow", "gan", "vae")
@@ -50,9 +50,9 @@ def test_contract(name):
 @pytest.mark.parametrize("name", GENERATORS)
 @pytest.mark.parametrize("dp", [False, True], ids=["plain", "dp"])
 def test_trains_through_the_loop_and_reloads_identically(name, dp, phantom_table_32, tmp_path):
-    """Smoke-size phantom data through cmraudit.train (patient-level DP when dp), then sample and reload."""
-    from cmraudit.privacy import DPConfig
-    from cmraudit.train import TrainConfig, load_trained, train
+    """Smoke-size phantom data through cmraudit.training.loop (patient-level DP when dp), then sample and reload."""
+    from cmraudit.training.privacy import DPConfig
+    from cmraudit.training.loop import TrainConfig, load_trained, train
 
     table = phantom_table_32
     cls = registered("generators")[name]
@@ -119,7 +119,7 @@ def test_per_example_gradients_add_up_to_the_batch_gradient(name, overrides, mod
     is dropped or counted twice (the GAN discriminator sees each example twice: real, and fake from its mask)."""
     from opacus.grad_sample import GradSampleModule
 
-    from cmraudit.runner import fold_grad_samples
+    from cmraudit.training.step_runner import fold_grad_samples
 
     gen = build(name, **overrides)
     for n in gen.private_networks():
@@ -172,7 +172,7 @@ def test_membership_signal_names():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_cuda_training_with_amp_and_seeded_sampling(name, table, tmp_path):
-    from cmraudit.train import TrainConfig, train
+    from cmraudit.training.loop import TrainConfig, train
 
     cls = registered("generators")[name]
     gen = build(name)
@@ -187,7 +187,7 @@ def test_cuda_training_with_amp_and_seeded_sampling(name, table, tmp_path):
 
 # --------------------------------------------------------------------------------------------------- fast DP path
 def _one_dp_step(name: str, overrides: dict, mode: str, table) -> dict[str, torch.Tensor]:
-    from cmraudit.testkit import parameters_after_one_dp_step
+    from dp_helpers import parameters_after_one_dp_step
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="In CPU autocast")
@@ -212,7 +212,7 @@ def test_fast_dp_step_equals_stock_opacus(name, overrides, table):
 def test_fast_path_skips_the_weight_gradients_dp_throws_away(table):
     """Inside a private network only layers fed by gradient-free inputs (the first convolution, embeddings) get
     ordinary weight gradients; every other layer gets per-example gradients alone."""
-    from cmraudit.grad_sample import FactoredGrad, FastGradSampleModule
+    from cmraudit.training.grad_sample import FactoredGrad, FastGradSampleModule
 
     from cmraudit.plugins._conditioning import Condition
 

@@ -1,10 +1,13 @@
-"""Which attacks a run executes: ``mia`` (every membership-inference attack that applies to the generator), ``all``
-(those plus memorisation and replay) or a comma-separated list of names, groups allowed (``mia,stencil-replay``)."""
+"""Which attacks and metrics a run executes.
+
+Attacks: ``mia`` (every membership-inference attack that applies to the generator), ``all`` (those plus
+memorisation and replay) or a comma-separated list of names, groups allowed (``mia,stencil-replay``). Metrics:
+``all`` or a list of names."""
 from __future__ import annotations
 
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
 
 GROUPS = {"mia": ("mia",), "all": ("mia", "memorization", "replay")}
 
@@ -44,7 +47,7 @@ def resolve_attacks(spec: str | list[str] | None, generator: Any, profile: str =
 
     Names given explicitly are returned even when they do not apply, so the run records them as skipped with the
     attack's own reason; unknown names are a UsageError listing the known ones."""
-    from .registry import registered
+    from ..registry import registered
 
     attacks = registered("attacks")
     chosen: list[str] = []
@@ -67,3 +70,19 @@ def resolve_attacks(spec: str | list[str] | None, generator: Any, profile: str =
 def select_attacks(spec: str | list[str] | None, generator: Any, profile: str = "standard") -> list[str]:
     """The attack names to run for ``spec`` (``mia``, ``all``, ``none`` or comma-separated names and groups)."""
     return resolve_attacks(spec, generator, profile)[0]
+
+
+def resolve_metrics(spec: str | list[str] | None) -> list[str]:
+    """Metrics a run computes: ``all`` (the default) or the names given; unknown names are a ConfigError listing
+    the known ones."""
+    from ..errors import ConfigError
+    from ..registry import registered
+
+    known = registered("metrics")
+    if spec in ("all", "", None):
+        return sorted(known)
+    names = [spec] if isinstance(spec, str) else list(spec)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown metric(s) {', '.join(unknown)} (known: {', '.join(sorted(known)) or 'none'})")
+    return names

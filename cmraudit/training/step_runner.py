@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 from torch import nn
 
-from .api import Generator, StepRunner
+from ..api import Generator, StepRunner
 from .device import autocast
-from .errors import PluginError
+from ..errors import PluginError
 
 if TYPE_CHECKING:
     from .grad_sample import FactoredGrad

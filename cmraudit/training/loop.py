@@ -10,7 +10,7 @@ privacy accountant), or returns the recorded result at once when the run has fin
 progress goes to ``callback(step=, total=, logs=)`` (called with keywords).
 
 Batches: non-DP runs draw ``batch_size`` random slices per step; DP runs use Poisson sampling of patients (one slice
-each) with expected batch ``batch_size``, see ``cmraudit.privacy``.
+each) with expected batch ``batch_size``, see ``cmraudit.training.privacy``.
 """
 from __future__ import annotations
 
@@ -24,16 +24,16 @@ from typing import Any, Callable
 
 import torch
 
-from .api import PROFILES, Batch, Conditioning, Generator
+from ..api import PROFILES, Batch, Conditioning, Generator
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
-from .config import as_dict, build_dataclass
-from .data.types import SliceTable
+from ..dataclass_config import as_dict, build_dataclass
+from ..data.types import SliceTable
 from .device import amp_dtype, describe, select_device
-from .errors import ConfigError, DataError, PluginError, RunError
-from .io import atomic_write_text
+from ..errors import ConfigError, DataError, PluginError, RunError
+from ..io import atomic_write_text
 from .privacy import (DPConfig, PoissonSampler, UniformSampler, calibrate, epsilon_spent, make_accountant,
                       releases_noise)
-from .runner import EMA, LoopRunner
+from .step_runner import EMA, LoopRunner
 
 Callback = Callable[[int, int, dict[str, float]], None]
 
@@ -202,7 +202,7 @@ def load_trained(out_dir: Path, generator_cls_or_name: type[Generator] | str | N
     state = load_checkpoint(out_dir / summary["checkpoint"])
     cls = generator_cls_or_name
     if cls is None or isinstance(cls, str):
-        from .registry import get
+        from ..registry import get
 
         cls = get("generators", cls or state["generator"])
     config = build_dataclass(cls.Config, state["generator_config"], owner=cls.name)
@@ -296,7 +296,7 @@ def _use_sampling_weights(generator: Generator, ema_nets: dict[str, dict]) -> No
 
 
 def _unwrapped(generator: Generator, name: str) -> torch.nn.Module:
-    from .runner import unwrap
+    from .step_runner import unwrap
 
     return unwrap(generator.nets[name])
 

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import RunError
-from .io import atomic_open
+from ..errors import RunError
+from ..io import atomic_open
 
 FORMAT = 1
 _NAME = re.compile(r"^step_(\d{8})\.pt$")

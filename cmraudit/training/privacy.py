@@ -28,8 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .data.types import SliceTable
-from .errors import ConfigError
+from ..data.types import SliceTable
+from ..errors import ConfigError
 
 ACCOUNTANTS = ("prv", "rdp")
 UNITS = ("patient", "slice")
@@ -45,7 +45,7 @@ class DPConfig:
     """DP-SGD settings. Exactly one of ``epsilon`` (σ is calibrated to reach it) or ``noise_multiplier`` is set.
 
     grad_sample_mode: how per-example gradients are computed: "fast" (Opacus hooks with grouped-convolution Conv2d
-    gradients, ``cmraudit.grad_sample``), "hooks" (Opacus' stock per-layer formulas) or "functorch" (vmap over every
+    gradients, ``cmraudit.training.grad_sample``), "hooks" (Opacus' stock per-layer formulas) or "functorch" (vmap over every
     layer). All three are exact; the choice changes speed, never the guarantee.
     """
 

@@ -8,10 +8,6 @@
 Each check takes a second or two on one CPU thread. A failure is a ``ContractViolation`` whose message names the
 plugin (registered name, module and class) and the rule, e.g. ``generator 'my-gan' (my_pkg.gan.MyGan) breaks the
 rule 'sample-range': ...``; ``.rule`` and ``.plugin`` hold the same for assertions.
-
-The module is also a pytest plugin, loaded only on request (``pytest -p cmraudit.testing`` or
-``pytest_plugins = ["cmraudit.testing"]``): it adds the fixtures ``cmraudit_tiny_table`` and
-``cmraudit_audit_context``.
 """
 from __future__ import annotations
 
@@ -28,15 +24,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .api import Attack, AttackResult, AuditContext, Batch, Conditioning, Generator, Metric, MetricValue, NotApplicable
-from .data.types import SliceTable
-from .errors import PluginError
-from . import testkit
-from .testkit import (PlainRunner, TinyGenerator, make_audit_context, per_example_gradient_gaps, tiny_table,
-                      train_with_loop)
+from ..api import Attack, AttackResult, AuditContext, Batch, Conditioning, Generator, Metric, MetricValue, NotApplicable
+from ..data.types import SliceTable
+from ..errors import PluginError
+from .tiny import PlainRunner, TinyGenerator, make_audit_context, tiny_table, train_steps
 
-__all__ = ["ContractViolation", "check_generator", "check_attack", "check_metric", "make_audit_context",
-           "tiny_table", "TinyGenerator", "PlainRunner"]
+__all__ = ["ContractViolation", "check_generator", "check_attack", "check_metric"]
 
 #: signal names become keys in results.json and parts of file names
 SIGNAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -188,8 +181,8 @@ def _check_opacus(cls: type, gen: Generator, private: tuple[str, ...], table: Sl
         return
     with warnings.catch_warnings():  # Opacus' hooks warn when no input requires a gradient: expected here
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        if testkit.training_loop() is not None:
-            from .privacy import DPConfig
+        if training_loop() is not None:
+            from ..training.privacy import DPConfig
 
             dp = DPConfig(noise_multiplier=1.0, accountant="rdp")
             _call("generator", cls, "opacus-compatible", "two DP-SGD training steps",
@@ -203,6 +196,53 @@ def _check_per_example_gradients(cls: type, gen: Generator, private: tuple[str, 
     gaps = _call("generator", cls, "opacus-compatible", "a training step with Opacus per-example gradients",
                  lambda: per_example_gradient_gaps(gen, private, table, batch_size, seed))
     _rule("generator", cls)(not gaps, "opacus-compatible", f"no finite per-example gradient for {', '.join(gaps[:5])}")
+
+
+# --------------------------------------------------------------------------------------------------- training
+def training_loop() -> Any:
+    """cmraudit.training.loop when this installation has it, else None (the checks then use a PlainRunner)."""
+    try:
+        from ..training import loop as train
+    except ImportError:
+        return None
+    return train
+
+
+def train_with_loop(gen: Generator, table: SliceTable, profile: str, steps: int, batch_size: int, seed: int,
+                    dp: Any = None) -> list[dict[str, float]]:
+    """Train through the real training loop (its runner, EMA and DP wrapping) when available; return the logs."""
+    loop = training_loop()
+    if loop is None:
+        return train_steps(gen, table, steps, batch_size=batch_size, seed=seed)
+    config = loop.TrainConfig.for_profile(profile, type(gen), overrides={
+        "steps": steps, "batch_size": batch_size, "checkpoint_every": steps, "seed": seed, "device": "cpu"})
+    with tempfile.TemporaryDirectory(prefix="cmraudit-check-") as tmp:
+        result = loop.train(gen, table, config, Path(tmp), dp=dp)
+    return [result.logs]
+
+
+def per_example_gradient_gaps(gen: Generator, private: tuple[str, ...], table: SliceTable, batch_size: int = 4,
+                              seed: int = 0) -> list[str]:
+    """Wrap the private networks in Opacus' GradSampleModule, take one step with a PlainRunner, and list the
+    parameters that received a gradient but no finite per-example gradient (DP-SGD could not clip them)."""
+    from opacus.grad_sample import GradSampleModule
+
+    for name in private:
+        gen.nets[name] = GradSampleModule(gen.nets[name], batch_first=True, loss_reduction="mean")
+    gaps: list[str] = []
+
+    def after_backward(network: str) -> None:
+        if network not in private:
+            return
+        for pname, p in gen.nets[network].named_parameters():
+            if p.requires_grad and p.grad is not None:
+                gs = getattr(p, "grad_sample", None)
+                gs = torch.stack(gs).sum(0) if isinstance(gs, list) else gs
+                if gs is None or tuple(gs.shape[1:]) != tuple(p.shape) or not bool(torch.isfinite(gs).all()):
+                    gaps.append(f"{network}.{pname.removeprefix('_module.')}")
+
+    train_steps(gen, table, 1, batch_size=batch_size, seed=seed, after_backward=after_backward)
+    return gaps
 
 
 # --------------------------------------------------------------------------------------------------- audits
@@ -299,26 +339,10 @@ def check_metric(cls: type, *, generator: Generator | None = None, table: SliceT
 
 
 def _require_jsonable(require: Callable, rule: str, details: Any) -> None:
-    from .results import jsonable
+    from ..results import jsonable
 
     require(isinstance(details, dict), rule, f"details must be a dict, got {type(details).__name__}")
     try:
         json.dumps(jsonable(dataclasses.asdict(details) if dataclasses.is_dataclass(details) else details))
     except (TypeError, ValueError) as exc:
         require(False, rule, f"details are not JSON-serialisable ({exc})")
-
-
-# --------------------------------------------------------------------------------------------------- pytest plugin
-# Fixtures exist only inside a pytest process (where pytest is already imported), so importing this module from a
-# script never imports pytest.
-pytest = sys.modules.get("pytest")
-if pytest is not None:
-    @pytest.fixture(scope="session")
-    def cmraudit_tiny_table() -> SliceTable:
-        """16 tiny patients (2 slices of 16x16 each) with ACDC labels, vendors and pathologies."""
-        return tiny_table(n_patients=16)
-
-    @pytest.fixture
-    def cmraudit_audit_context(tmp_path: Path) -> AuditContext:
-        """A small AuditContext around a trained TinyGenerator (see make_audit_context)."""
-        return make_audit_context(workdir=tmp_path)

@@ -2,7 +2,7 @@
 
 Inception weights (FID) cannot be downloaded offline, and ImageNet features mean little for cardiac MRI. Like the
 medical-imaging papers that swap in a domain network, cmraudit uses the encoder half of a segmentation UNet
-trained to segment the members' slices (cmraudit.segmenter, the same network that scores mask consistency and
+trained to segment the members' slices (cmraudit.measure.segmenter, the same network that scores mask consistency and
 TRTR). A slice's feature vector is the spatial mean of every encoder level's activations (after batch norm and
 PReLU), from full-resolution edges and texture to the bottleneck's anatomy: D = sum(channels).
 
@@ -19,7 +19,7 @@ import torch
 from .segmenter import SegmenterConfig, context_config, fingerprint, real_segmenter
 
 if TYPE_CHECKING:
-    from .api import AuditContext
+    from ..api import AuditContext
 
 __all__ = ["Encoder", "encoder_blocks", "fingerprint", "get_encoder"]
 
@@ -75,7 +75,7 @@ class Encoder:
 
 def get_encoder(ctx: "AuditContext", config: SegmenterConfig | None = None) -> Encoder:
     """The run's in-domain encoder, trained on ``ctx.members`` (once per run: memoised in ``ctx.cache["encoder"]``
-    and saved under ``cmraudit.segmenter.cache_dir(ctx)``). ``config`` overrides the profile's recipe."""
+    and saved under ``cmraudit.measure.segmenter.cache_dir(ctx)``). ``config`` overrides the profile's recipe."""
     if "encoder" in ctx.cache:
         return ctx.cache["encoder"]
     config = config or context_config(ctx)

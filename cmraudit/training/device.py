@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def select_device(requested: str | None = None) -> torch.device:

@@ -1,7 +1,7 @@
 """Distances between a real and a synthetic set: feature-space (FD, KID, PRDC) and image-space statistics.
 
 All functions take plain arrays / tensors and return floats, so each can be checked against a closed form.
-Feature-space numbers are meant for cmraudit's in-domain encoder (cmraudit.features): "FD" here is the Fréchet
+Feature-space numbers are meant for cmraudit's in-domain encoder (cmraudit.measure.features): "FD" here is the Fréchet
 distance on that encoder's features, not the Inception-based FID, and is only comparable within one run.
 """
 from __future__ import annotations

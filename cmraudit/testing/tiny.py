@@ -1,8 +1,8 @@
-"""Small, fast building blocks for plugin contract checks (``cmraudit.testing``): a tiny cardiac-like data set, a
+"""Small, fast building blocks for plugin contract checks (``cmraudit.testing.contracts``): a tiny cardiac-like data set, a
 tiny reference generator, a plain StepRunner, training through cmraudit's loop when present, and a small
 AuditContext.
 
-They exist so that ``cmraudit.testing`` can exercise a plugin in a second or two on one CPU thread, without the
+They exist so that ``cmraudit.testing.contracts`` can exercise a plugin in a second or two on one CPU thread, without the
 phantom or any download. They are ordinary, honest implementations: the data has the label
 geometry of a short-axis slice (RV crescent beside an LV blood pool inside a myocardial ring), the generator
 learns per-structure intensities by gradient descent, and the runner really zeroes, back-propagates, clips and
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .api import AuditContext, Batch, Conditioning, Generator, StepRunner
-from .data.types import PATHOLOGIES, VENDORS, SliceTable
+from ..api import AuditContext, Batch, Conditioning, Generator, StepRunner
+from ..data.types import PATHOLOGIES, VENDORS, SliceTable
 
 #: mean bright-blood cine intensity per label (BG, RV, MYO, LV) in [-1, 1]: blood bright, myocardium dark
 _LABEL_INTENSITY = (-0.6, 0.45, -0.2, 0.6)
@@ -111,28 +111,6 @@ def train_steps(generator: Generator, table: SliceTable, steps: int, batch_size:
         rows = rng.choice(len(table), size=min(batch_size, len(table)), replace=False)
         logs.append(generator.training_step(Batch.from_table(table, rows), runner))
     return logs
-
-
-def training_loop() -> Any:
-    """cmraudit.train when this installation has it, else None (the checks then use a PlainRunner)."""
-    try:
-        from . import train
-    except ImportError:
-        return None
-    return train
-
-
-def train_with_loop(gen: Generator, table: SliceTable, profile: str, steps: int, batch_size: int, seed: int,
-                    dp: Any = None) -> list[dict[str, float]]:
-    """Train through the real training loop (its runner, EMA and DP wrapping) when available; return the logs."""
-    loop = training_loop()
-    if loop is None:
-        return train_steps(gen, table, steps, batch_size=batch_size, seed=seed)
-    config = loop.TrainConfig.for_profile(profile, type(gen), overrides={
-        "steps": steps, "batch_size": batch_size, "checkpoint_every": steps, "seed": seed, "device": "cpu"})
-    with tempfile.TemporaryDirectory(prefix="cmraudit-check-") as tmp:
-        result = loop.train(gen, table, config, Path(tmp), dp=dp)
-    return [result.logs]
 
 
 def sample_table(generator: Generator, conditions: SliceTable, seed: int = 0, batch_size: int = 64) -> SliceTable:
@@ -230,54 +208,12 @@ def trained_tiny_generator(table: SliceTable, image_size: int | None = None, ste
     return gen.eval()
 
 
-
-def parameters_after_one_dp_step(gen: Generator, batch: Batch, grad_sample_mode: str,
-                                 max_grad_norm: float = 0.05) -> dict[str, torch.Tensor]:
-    """Every network's flattened parameters after one DP-SGD step (SGD, lr 1) with clipping active and noise ~0:
-    the step of one grad-sample mode, to compare with another's on the same generator and batch."""
-    from .runner import EMA, LoopRunner
-
-    gen.train()
-    runner = LoopRunner(gen, {n: torch.optim.SGD(gen.nets[n].parameters(), lr=1.0) for n in gen.nets},
-                        torch.device("cpu"), None, 0.0, EMA({}, 0.9))
-    runner.make_private(gen.private_networks(), 1e-9, max_grad_norm, float(len(batch)), grad_sample_mode)
-    torch.manual_seed(1)  # the step's own draws (noise levels, latents) are the same in every mode
-    runner.begin_step(len(batch))
-    gen.training_step(batch, runner)
-    runner.release()
-    return {n: torch.cat([p.detach().flatten() for p in gen.nets[n].parameters()]) for n in gen.nets}
-
-
-def per_example_gradient_gaps(gen: Generator, private: tuple[str, ...], table: SliceTable, batch_size: int = 4,
-                              seed: int = 0) -> list[str]:
-    """Wrap the private networks in Opacus' GradSampleModule, take one step with a PlainRunner, and list the
-    parameters that received a gradient but no finite per-example gradient (DP-SGD could not clip them)."""
-    from opacus.grad_sample import GradSampleModule
-
-    for name in private:
-        gen.nets[name] = GradSampleModule(gen.nets[name], batch_first=True, loss_reduction="mean")
-    gaps: list[str] = []
-
-    def after_backward(network: str) -> None:
-        if network not in private:
-            return
-        for pname, p in gen.nets[network].named_parameters():
-            if p.requires_grad and p.grad is not None:
-                gs = getattr(p, "grad_sample", None)
-                gs = torch.stack(gs).sum(0) if isinstance(gs, list) else gs
-                if gs is None or tuple(gs.shape[1:]) != tuple(p.shape) or not bool(torch.isfinite(gs).all()):
-                    gaps.append(f"{network}.{pname.removeprefix('_module.')}")
-
-    train_steps(gen, table, 1, batch_size=batch_size, seed=seed, after_backward=after_backward)
-    return gaps
-
-
 def make_audit_context(generator: Generator | None = None, table: SliceTable | None = None, seed: int = 0,
                        profile: str = "smoke", options: dict[str, Any] | None = None,
                        workdir: Path | None = None) -> AuditContext:
     """A small AuditContext: tiny data (16 patients), a patient-level split, a generator trained on the members
     (a TinyGenerator unless one is given) and its synthetic set conditioned on the reference patients' masks."""
-    from .data.splits import make_split
+    from ..data.splits import make_split
 
     table = table if table is not None else tiny_table(n_patients=16, seed=seed)
     split = make_split(table, seed=seed)

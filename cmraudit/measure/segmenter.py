@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
-from .data.preprocess import FOV_MM
-from .data.types import STRUCTURES, SliceTable
-from .errors import RunError
+from ..data.preprocess import FOV_MM
+from ..data.types import STRUCTURES, SliceTable
+from ..errors import RunError
 
 if TYPE_CHECKING:
-    from .api import AuditContext
+    from ..api import AuditContext
 
 N_CLASSES = 4  # BG, RV, MYO, LV
 #: training steps per profile: ~1 s on one CPU thread for smoke, ~5 s for quick (TRTR Dice ~0.88 on phantom:60 at
@@ -40,7 +40,7 @@ class SegmenterConfig:
     channels: tuple[int, ...] = (16, 32, 64, 128)
     strides: tuple[int, ...] = (2, 2, 2)
     # batch norm (not instance norm) so that pooled activations keep absolute contrast: the same network's encoder
-    # is the in-domain feature extractor of cmraudit.features
+    # is the in-domain feature extractor of cmraudit.measure.features
     norm: str = "batch"
     steps: int = 200
     batch_size: int = 16
@@ -235,7 +235,7 @@ def cache_dir(ctx: "AuditContext") -> Path:
 
 
 def save_segmenter(model: torch.nn.Module, config: SegmenterConfig, path: Path, key: str) -> None:
-    from .io import atomic_open
+    from ..io import atomic_open
 
     with atomic_open(path, "wb") as fh:
         torch.save({"state_dict": model.state_dict(), "config": dataclasses.asdict(config), "fingerprint": key}, fh)

@@ -18,7 +18,7 @@ A run.toml looks like::
 
     [generator.diffusion]           # overrides of a generator family's Config
     base_channels = 32
-    [train]                         # overrides of cmraudit.train.TrainConfig
+    [train]                         # overrides of cmraudit.training.loop.TrainConfig
     steps = 400
     [dp]                            # DPConfig settings shared by the DP variants
     delta = 1e-5
@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .api import PROFILES, Split
-from .errors import ConfigError
+from ..api import PROFILES, Split
+from ..errors import ConfigError
 
 try:
     import tomllib

@@ -1,0 +1,65 @@
+"""From a run's settings to the objects its stages use: the generator (class, instance, trained), its training
+and DP configs, and the label that names the plugin when it fails."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..api import Conditioning, Generator
+from ..errors import CmrauditError
+from ..registry import get
+from .config import ModelSpec, RunConfig
+from .events import plugin_label
+
+if TYPE_CHECKING:
+    from ..training.loop import TrainConfig
+    from ..training.privacy import DPConfig
+
+
+def generator_class(spec: ModelSpec) -> type[Generator]:
+    return get("generators", spec.generator)
+
+
+def build_generator(config: RunConfig, spec: ModelSpec) -> Generator:
+    """A fresh, untrained generator with the profile's settings and the run's overrides for this model."""
+    cls = generator_class(spec)
+    gconfig = cls.make_config(config.profile, config.generator_overrides(spec))
+    return cls(gconfig, Conditioning(int(config.image_size)))
+
+
+def load_generator(model_dir: Path, device: str) -> Generator:
+    from ..training.loop import load_trained
+
+    return load_trained(model_dir, device=device)
+
+
+def train_config(config: RunConfig, generator_cls: type) -> "TrainConfig":
+    """TrainConfig for the profile and generator, with the run's [train] table, seed and --device on top."""
+    from ..training.loop import TrainConfig
+
+    overrides = {"seed": config.seed, **config.train}
+    if config.device not in ("", "auto"):
+        overrides.setdefault("device", config.device)
+    return TrainConfig.for_profile(config.profile, generator_cls, overrides)
+
+
+def dp_config(config: RunConfig, spec: ModelSpec) -> "DPConfig | None":
+    if spec.dp_epsilon is None:
+        return None
+    from ..training.privacy import DPConfig
+
+    return DPConfig(epsilon=spec.dp_epsilon, **config.dp)
+
+
+def generator_label(spec: ModelSpec) -> str:
+    """``generator 'gan' (cmraudit.plugins.gan)``: who to blame in a failed model's error."""
+    try:
+        return plugin_label("generator", spec.generator, generator_class(spec))
+    except CmrauditError:
+        return f"generator {spec.generator!r}"
+
+
+def resolve_device(requested: str) -> str:
+    from ..training.device import select_device
+
+    return str(select_device(requested))

@@ -1,0 +1,116 @@
+"""The one owner of results.json while a run writes it: the document, and each model's record through its life.
+
+A model's record moves ``pending`` → (train, sample, audit stages done) → ``ok``, or to ``failed`` with the stage
+and the error naming the plugin. Finishing a stage invalidates the ones after it (new samples make earlier audit
+numbers stale), and re-running a failed stage makes the model pending again. Every change is written at once,
+atomically, so an interrupted run leaves a valid document that says how far it got.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable
+
+from .. import results as R
+from ..api import Split
+from ..data.types import SliceTable
+
+STAGES = ("train", "sample", "audit")
+
+
+class ModelRecords:
+    """results.json of one run: ``doc`` is the document; the methods below are the only ones that change it."""
+
+    def __init__(self, path: Path, doc: dict[str, Any]) -> None:
+        self.path = path
+        self.doc = doc
+
+    def save(self) -> None:
+        R.write(self.path, self.doc)
+
+    def entry(self, model: str) -> dict[str, Any]:
+        """A model's record, to read (change it through the methods of this class)."""
+        return self.doc["models"][model]
+
+    def stage_done(self, model: str, stage: str) -> bool:
+        return bool(self.entry(model)["stages"][stage])
+
+    def ensure(self, model: str, generator: str, family: str, dp_epsilon: float | None) -> None:
+        """A pending record for a model the document does not hold yet."""
+        if model not in self.doc["models"]:
+            self.doc["models"][model] = R.new_model(model, generator, family, dp_epsilon)
+
+    def restart(self, model: str, generator: str, dp_epsilon: float | None) -> None:
+        """A fresh record for a model about to be (re)trained: nothing of the old one stands."""
+        family = self.entry(model).get("family") or "other"
+        self.doc["models"][model].update(R.new_model(model, generator, family, dp_epsilon))
+
+    def begin(self, model: str) -> None:
+        """A stage starts: a model that failed before is pending again until it finishes."""
+        entry = self.entry(model)
+        entry["status"], entry["error"] = "pending", None
+
+    def finish(self, model: str, stage: str, **fields: Any) -> None:
+        """``stage`` is done with ``fields`` (e.g. ``training=``, ``samples=``); later stages must run again."""
+        entry = self.entry(model)
+        entry.update(fields)
+        entry["stages"][stage] = True
+        for later in STAGES[STAGES.index(stage) + 1:]:
+            entry["stages"][later] = False
+        if stage == STAGES[-1]:
+            entry["status"] = "ok"
+        self.save()
+
+    def fail(self, model: str, stage: str, message: str) -> str:
+        """Record a crashed stage (later stages of this model are skipped, other models go on); returns the
+        error as recorded."""
+        entry = self.entry(model)
+        entry["status"] = "failed"
+        entry["error"] = f"{stage}: {message}"
+        self.save()
+        return entry["error"]
+
+    def record(self, model: str, kind: str, name: str, result: dict[str, Any], save: bool = True) -> None:
+        """An attack's or metric's entry (``kind`` is "attacks" or "metrics"), written at once unless ``save`` is
+        false (the caller saves soon after)."""
+        self.entry(model)[kind][name] = result
+        if kind == "metrics" and result.get("status") == "ok":
+            record_baselines(self.doc, result["values"])
+        if save:
+            self.save()
+
+    def refresh_status(self, models: Iterable[str]) -> None:
+        """The document is complete when every model of the run has finished (ok or failed)."""
+        done = all(self.entry(n)["status"] in ("ok", "failed") for n in models)
+        self.doc["status"] = "complete" if done else "running"
+        self.save()
+
+
+def record_baselines(doc: dict[str, Any], values: dict[str, Any]) -> None:
+    """Lift what "as good as real" is out of the metric values into results.json's ``baselines``: each fidelity
+    value's real-vs-real counterpart and the segmenter trained on real members (TRTR). They do not depend on the
+    model (same real data, same masks), so the latest model's numbers stand for all."""
+    baselines = doc.setdefault("baselines", {})
+    for key, value in values.items():
+        details = value.get("details") or {}
+        if "real_vs_real" in details:
+            baselines.setdefault("real_vs_real", {})[key] = details["real_vs_real"]
+        if key.startswith("trtr_"):
+            baselines.setdefault("trtr", {})[key] = value.get("value")
+
+
+def data_block(table: SliceTable, split: Split, source: str, image_size: int) -> dict[str, Any]:
+    """results.json's ``data``: source, sizes and the split's composition by vendor and pathology (patients per
+    role)."""
+    labels = table.patient_labels()
+    rows = table.patient_rows()
+    roles = {role: getattr(split, role) for role in Split.ROLES}
+
+    def tally(column: int) -> dict[str, dict[str, int]]:
+        return {role: dict(Counter(labels.get(p, ("?", "?"))[column] for p in patients))
+                for role, patients in roles.items()}
+
+    return {"source": table.source or source, "image_size": int(image_size),
+            "patients": len(labels), "slices": len(table), "split": {r: len(p) for r, p in roles.items()},
+            "split_slices": {r: int(sum(len(rows.get(x, ())) for x in p)) for r, p in roles.items()},
+            "by_vendor": tally(0), "by_pathology": tally(1), "split_file": "split.json"}
