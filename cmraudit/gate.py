@@ -103,7 +103,7 @@ def _check_keys(table: dict[str, Any], where: str) -> None:
 def load_policy(path: Path | str | None) -> Policy:
     if path is None:
         return Policy.from_dict(DEFAULT_POLICY, "built-in policy")
-    from .run.config import read_toml
+    from .toml_io import read_toml
 
     return Policy.from_dict(read_toml(Path(path)), str(path))
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import cmraudit.testing.contracts as contracts
+import cmraudit.testing.generator_contract as generator_contract
 from cmraudit import AttackResult, Conditioning, Generator, Metric, MetricValue, NotApplicable, PluginError
 from cmraudit.testing import (ContractViolation, TinyGenerator, check_attack, check_generator, check_metric,
                               make_audit_context)
@@ -139,7 +139,7 @@ def test_correct_generator_passes_and_comes_back_trained():
 
 
 def test_without_the_training_loop_a_plain_runner_and_grad_sample_check_are_used(monkeypatch):
-    monkeypatch.setattr(contracts, "training_loop", lambda: None)
+    monkeypatch.setattr(generator_contract, "training_loop", lambda: None)
     check_generator(TinyGenerator)
     with pytest.raises(ContractViolation, match="opacus-compatible"):
         check_generator(BatchNormGenerator)

@@ -17,6 +17,9 @@ Near-copy search (cost ≈ 1.2–1.5× the plain search, not × the number of tr
     |dy|, |dx| ≤ max_shift and every flip, as one batched matmul: the normalised cross-correlation of the
     candidate's central crop with the query's equally sized shifted windows (real pixels only, no wrap-around).
 The near-copy distance is sqrt(2 − 2 max ρ) over those transforms, in [0, 2] (0 = identical up to transform).
+
+(Longer than the other modules on purpose: the candidate GEMM, the rounding-error bound that certifies it and the
+exact rescoring of near ties share one set of invariants; apart, the bound would sit away from the code it bounds.)
 """
 from __future__ import annotations
 

@@ -38,10 +38,9 @@ from typing import Any
 from ..api import PROFILES, Split
 from ..errors import ConfigError
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+from ..toml_io import read_toml, to_toml, toml_value
+
+__all__ = ["ModelSpec", "RunConfig", "merge_layers", "parse_set", "read_toml", "to_toml"]
 
 #: image size per profile (pixels): smoke for tests, quick for the default CPU run, standard for a GPU.
 PROFILE_IMAGE_SIZE = {"smoke": 32, "quick": 64, "standard": 128}
@@ -177,15 +176,6 @@ def expand_models(generators: list[str] | None, epsilons: list[float | None] | N
 
 
 # ------------------------------------------------------------------------------------------------ loading / layers
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-
-
 def _models_from_table(raw: dict[str, Any], where: str) -> list[ModelSpec] | None:
     """Explicit [[model]] entries plus the generators x dp_epsilons product, if either is given."""
     gens = raw.get("generators")
@@ -255,62 +245,10 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw  # a bare word: keep it as a string
+        value = toml_value(raw)
         node = table
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     return table
-
-
-def to_toml(table: dict[str, Any]) -> str:
-    """A small TOML writer for the resolved config (strings, numbers, booleans, lists, nested tables)."""
-    lines: list[str] = []
-    _emit(table, [], lines)
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return ("inf" if v > 0 else "-inf") if math.isinf(v) else ("nan" if math.isnan(v) else repr(v))
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    if isinstance(v, Path):
-        v = str(v)
-    if isinstance(v, str):
-        import json
-
-        return json.dumps(v)  # a JSON string is a valid TOML basic string
-    raise ConfigError(f"cannot write {v!r} to TOML")
-
-
-def _key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else _value(k)
-
-
-def _emit(table: dict[str, Any], path: list[str], lines: list[str]) -> None:
-    scalars = {k: v for k, v in table.items() if not isinstance(v, dict) and not _is_table_list(v)}
-    for k, v in scalars.items():
-        lines.append(f"{_key(k)} = {_value(v)}")
-    for k, v in table.items():
-        if isinstance(v, dict):
-            lines.append("")
-            lines.append(f"[{'.'.join(_key(p) for p in [*path, k])}]")
-            _emit(v, [*path, k], lines)
-        elif _is_table_list(v):
-            for item in v:
-                lines.append("")
-                lines.append(f"[[{'.'.join(_key(p) for p in [*path, k])}]]")
-                _emit(item, [*path, k], lines)
-
-
-def _is_table_list(v: Any) -> bool:
-    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)

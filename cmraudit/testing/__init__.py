@@ -5,7 +5,7 @@
     def test_my_generator():
         check_generator(MyGenerator)        # raises ContractViolation (a PluginError) naming the broken rule
 
-``cmraudit.testing.contracts`` holds the checks, ``cmraudit.testing.tiny`` the tiny data set, generator, step
+``contracts`` and ``generator_contract`` hold the checks, ``cmraudit.testing.tiny`` the tiny data set, generator, step
 runner and audit context they run on (usable in a plugin's own tests too).
 
 The package is also a pytest plugin, loaded only on request (``pytest -p cmraudit.testing`` or
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ..api import AuditContext
 from ..data.types import SliceTable
-from .contracts import ContractViolation, check_attack, check_generator, check_metric
+from .contracts import ContractViolation, check_attack, check_metric
+from .generator_contract import check_generator
 from .tiny import PlainRunner, TinyGenerator, make_audit_context, tiny_table
 
 __all__ = ["ContractViolation", "check_generator", "check_attack", "check_metric", "make_audit_context",
