@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from markupsafe import Markup
 
 from cmraudit import results as R
-from cmraudit.gate import evaluate, load_policy, model_verdicts
+from cmraudit.gate import evaluate, load_policy, model_outcomes
 from cmraudit.hookspecs import hookimpl
 from cmraudit.io import atomic_write_text
 from cmraudit.registry import registered
@@ -61,7 +61,7 @@ def write_report(run: ReportSource | Path | str, path: Path | str | None = None,
     policy = policy if policy is not None and not isinstance(policy, (str, Path)) else load_policy(policy)
     table, split = run.real_data()
     rules = evaluate(doc, policy)
-    report = Report(run.out, doc, redact, policy, rules, model_verdicts(rules), run.config_text(), table, split)
+    report = Report(run.out, doc, redact, policy, rules, model_outcomes(rules), run.config_text(), table, split)
     sections = render_sections(report)
     html = environment().get_template("report.html").render(report=report, sections=sections, doc=doc)
     target = Path(path) if path else run.out / "report.html"

@@ -64,7 +64,8 @@ class Report:
     redact: bool = False
     policy: Any = None
     rules: list[Any] = field(default_factory=list)
-    verdicts: dict[str, bool] = field(default_factory=dict)
+    #: model -> the gate's verdict on it: pass, fail or inconclusive (inconclusive rules shown as such)
+    verdicts: dict[str, str] = field(default_factory=dict)
     config_text: str = ""
     table: Any = None  # the real SliceTable, when available
     split: Any = None

@@ -24,16 +24,16 @@ class SummarySection(ReportSection):
         rows = []
         for model, entry in report.models.items():
             h = R.headline(entry)
-            verdict = report.verdicts.get(model)
+            verdict = report.verdicts.get(model, "fail")
             failed = [r for r in report.rules if r.model == model and not r.passed]
             rows.append([model, entry.get("generator"), Cell(entry.get("status"), "fail" if entry.get("status") == "failed" else ""),
-                         Cell("pass" if verdict else "fail", "ok" if verdict else "fail"),
+                         Cell(verdict, {"pass": "ok", "fail": "fail"}.get(verdict, "muted")),
                          "; ".join(_rule_text(r) for r in failed[:3]) + (f" (+{len(failed) - 3} more)" if len(failed) > 3 else "")
                          or "–",
                          fmt(h["epsilon"] if h["epsilon"] is not None else float("inf")), fmt(h["auc"]),
                          fmt(h["tstr_dice"])])
         run_rules = [r for r in report.rules if r.model == "*" and not r.passed]
-        table = report.part("table", ["model", "generator", "status", "policy", "failed rules", "ε", "worst MIA AUC",
+        table = report.part("table", ["model", "generator", "status", "policy", "rules not passed", "ε", "worst MIA AUC",
                                       "TSTR Dice"], rows)
         return report.render("summary.html", table=table, run_rules=run_rules, frontier=self._frontier(report))
 
@@ -46,7 +46,7 @@ class SummarySection(ReportSection):
                                ("precision", "fidelity: precision")):
                 if ylabel in (None, label) and values.get(key, {}).get("value") is not None and h["auc"] is not None:
                     ylabel = label
-                    points.append((model, h["auc"], values[key]["value"], bool(report.verdicts.get(model))))
+                    points.append((model, h["auc"], values[key]["value"], report.verdicts.get(model) == "pass"))
                     break
         if not points:
             return None
@@ -57,7 +57,7 @@ def _rule_text(rule) -> str:
     if rule.value is None:
         return f"{rule.rule}: {rule.reason}"
     bound = "≤" if rule.rule.startswith("max") else "≥"
-    return f"{rule.rule} {fmt(rule.value)} (needs {bound} {fmt(rule.threshold)}; {rule.reason})"
+    return f"{rule.rule} {rule.verdict} {fmt(rule.value)} (needs {bound} {fmt(rule.threshold)}; {rule.reason})"
 
 
 class ComparisonSection(ReportSection):

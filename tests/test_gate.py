@@ -167,3 +167,48 @@ def test_ci_examples_run_an_audit_then_the_gate(name):
     assert isinstance(yaml.safe_load(text), dict)
     audit, gate = text.index("cmraudit run "), text.index("cmraudit gate ")
     assert audit < gate and "--policy examples/policy.toml" in text[gate:] and "--junit" in text[gate:]
+
+
+def _mia_verdict(ci: tuple[float, float], **policy_changes) -> tuple[str, str]:
+    entry = {**attack(sum(ci) / 2, ci[1]), "auc_ci": list(ci)}
+    doc = document(m=model(attacks={"loss": entry}))
+    policy = Policy.from_dict({"max_mia_auc": 0.6, **policy_changes})
+    (rule,) = [r for r in evaluate(doc, policy) if r.rule == "max_mia_auc"]
+    return rule.verdict, rule.reason
+
+
+def test_mia_verdict_is_pass_fail_or_inconclusive_by_where_the_ci_lies():
+    assert _mia_verdict((0.40, 0.58))[0] == "pass"  # the CI rules an AUC of 0.6 out
+    verdict, reason = _mia_verdict((0.62, 0.80))
+    assert verdict == "fail" and "whole 95% CI" in reason  # the CI shows a leak
+    verdict, reason = _mia_verdict((0.35, 0.72))
+    assert verdict == "inconclusive" and "can rule out values above 0.720 only" in reason
+    assert _mia_verdict((0.35, 0.72), auc_on="point")[0] == "pass"  # no CI, no inconclusive
+
+
+def test_inconclusive_counts_as_the_policy_says():
+    from cmraudit.gate import outcome
+
+    entry = {**attack(0.5, 0.72), "auc_ci": [0.35, 0.72]}
+    doc = document(m=model(attacks={"loss": entry}))
+    rules = evaluate(doc, Policy.from_dict({"max_mia_auc": 0.6}))
+    assert outcome(rules) == "fail" and not passed(rules)  # fail-closed by default
+    assert outcome(rules, "inconclusive") == "inconclusive" and outcome(rules, "pass") == "pass"
+    with pytest.raises(ConfigError, match="on_inconclusive"):
+        Policy.from_dict({"on_inconclusive": "maybe"})
+
+
+def test_gate_command_exits_3_when_inconclusive_and_asked_to(tmp_path):
+    from cmraudit.cli import main
+
+    entry = {**attack(0.5, 0.72), "auc_ci": [0.35, 0.72]}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(R.jsonable(document(m=model(attacks={"loss": entry})))))
+    policy = tmp_path / "policy.toml"
+    policy.write_text("max_mia_auc = 0.6\n")
+    codes = {}
+    for mode in ("fail", "inconclusive", "pass"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["gate", str(path), "--policy", str(policy), "--on-inconclusive", mode])
+        codes[mode] = exit_info.value.code or 0
+    assert codes == {"fail": 1, "inconclusive": 3, "pass": 0}

@@ -82,11 +82,15 @@ def summary_table(doc: dict[str, Any] | None) -> Table:
     return table
 
 
+_VERDICT_STYLE = {"pass": "[green]pass[/green]", "fail": "[red]FAIL[/red]",
+                  "inconclusive": "[yellow]inconclusive[/yellow]"}
+
+
 def gate_table(rules: list[Any], source: str) -> Table:
     table = Table(title=f"cmraudit gate ({escape(source)})")
     for col in ("model", "rule", "value", "threshold", "verdict", "reason"):
         table.add_column(col)
     for r in rules:
         table.add_row(escape(r.model), escape(r.rule), _fmt(r.value), _fmt(r.threshold),
-                      "[green]pass[/green]" if r.passed else "[red]FAIL[/red]", escape(r.reason))
+                      _VERDICT_STYLE.get(r.verdict, escape(r.verdict)), escape(r.reason))
     return table

@@ -118,30 +118,40 @@ def gate_command(
                                                       "with a memorised synthetic image."),
         max_epsilon: Optional[float] = typer.Option(None, "--max-epsilon", help="Max DP ε (no DP = ∞)."),
         min_tstr_dice: Optional[float] = typer.Option(None, "--min-tstr-dice", help="Min TSTR Dice."),
+        on_inconclusive: Optional[str] = typer.Option(None, "--on-inconclusive", help="What an inconclusive "
+                                                      "verdict counts as: fail (default), pass or inconclusive."),
         junit: Optional[Path] = typer.Option(None, "--junit", help="Also write JUnit XML here."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Apply a thresholds policy to a run's results: exit 0 when every rule holds, 1 otherwise (fails closed)."""
+    """Apply a thresholds policy to a run's results: exit 0 pass, 1 fail, 3 inconclusive (only when the policy's
+    on_inconclusive is "inconclusive"; by default an inconclusive verdict fails, so the gate fails closed)."""
     import dataclasses
 
     from .. import results as R
-    from ..gate import evaluate, junit_xml, load_policy, passed
+    from ..gate import EXIT_CODES, evaluate, junit_xml, load_policy, outcome
     from ..io import atomic_write_text
 
     pol = load_policy(policy).with_overrides(max_mia_auc=max_auc, auc_on=auc_on, max_tpr_at_fpr=max_tpr,
                                              tpr_fpr=tpr_fpr, max_memorised_share=max_memorised,
-                                             max_epsilon=max_epsilon, min_tstr_dice=min_tstr_dice)
+                                             max_epsilon=max_epsilon, min_tstr_dice=min_tstr_dice,
+                                             on_inconclusive=on_inconclusive)
     rules = evaluate(R.load(results), pol)
+    verdict = outcome(rules, pol.on_inconclusive)
     if junit:
         atomic_write_text(junit, junit_xml(rules, pol))
     if as_json:
-        echo_json(R.jsonable({"passed": passed(rules), "policy": pol.source,
-                               "rules": [dataclasses.asdict(r) for r in rules]}))
+        echo_json(R.jsonable({"passed": verdict == "pass", "outcome": verdict, "policy": pol.source,
+                               "on_inconclusive": pol.on_inconclusive,
+                               "rules": [{**dataclasses.asdict(r), "passed": r.passed} for r in rules]}))
     else:
         from .progress import console, gate_table
 
         console().print(gate_table(rules, pol.source))
-    if not passed(rules):
-        typer.echo(f"cmraudit: gate failed: {sum(not r.passed for r in rules)} of {len(rules)} rule(s) do not hold",
-                   err=True)
-        raise typer.Exit(1)
-    typer.echo(f"gate passed: {len(rules)} rule(s) hold")
+    counts = {v: sum(r.verdict == v for r in rules) for v in ("fail", "inconclusive")}
+    tally = f"{counts['fail']} fail, {counts['inconclusive']} inconclusive of {len(rules)} rule(s)"
+    if verdict != "pass":
+        note = "" if pol.on_inconclusive == "inconclusive" or not counts["inconclusive"] else \
+            f" (inconclusive counts as {pol.on_inconclusive}: on_inconclusive)"
+        typer.echo(f"cmraudit: gate {verdict}: {tally}{note}", err=True)
+        raise typer.Exit(EXIT_CODES[verdict])
+    typer.echo(f"gate passed: {len(rules)} rule(s) hold" + (f", {counts['inconclusive']} inconclusive counted as pass"
+                                                          if counts["inconclusive"] else ""))

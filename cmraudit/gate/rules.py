@@ -1,0 +1,142 @@
+"""The gate's rules, one small function each: what number a rule checks on a model, and how sure the audit is.
+
+A rule function takes a model's results.json record and its policy settings and returns a ``Measurement``: the
+value (None when the audit did not produce it: the gate then fails closed, with the reason), where it came from and,
+for numbers with a confidence interval, that interval, so the verdict can be inconclusive rather than a guess.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .. import results as R
+
+#: where a memorisation attack's details hold the share of member patients with a memorised synthetic image
+MEMORISED_SHARE_PATH = ("memorised", "patients_share")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    value: float | None  # None: the rule cannot be checked (fail closed)
+    reason: str
+    #: (lower, upper) of the 95% CI of the number, when it has one; a threshold inside it is inconclusive
+    interval: tuple[float, float] | None = None
+
+
+def _attacks(model: dict[str, Any], kind: str) -> tuple[list[tuple[str, dict]], str | None]:
+    """The ok attacks of one kind, or None and the reason the rule cannot be checked (fail closed)."""
+    entries = [(n, a) for n, a in (model.get("attacks") or {}).items() if a.get("kind", "mia") == kind]
+    failed = [f"{n}: {a.get('error')}" for n, a in entries if a.get("status") == "failed"]
+    if failed:
+        return [], "attack failed — " + "; ".join(failed)
+    ok = [(n, a) for n, a in entries if a.get("status") == "ok"]
+    if not ok:
+        return [], f"no {kind} attack result (none ran, or all were skipped)"
+    return ok, None
+
+
+def mia_auc(model: dict[str, Any], settings: dict[str, Any]) -> Measurement:
+    """Worst membership-inference AUC over the MIA attacks: its CI upper bound (``auc_on = "ci_upper"``, the
+    default) with the CI, or the point AUC (``"point"``)."""
+    attacks, why = _attacks(model, "mia")
+    if why:
+        return Measurement(None, why)
+    on_ci = settings.get("auc_on", "ci_upper") == "ci_upper"
+    values, lowers = [], []
+    for name, attack in attacks:
+        ci = attack.get("auc_ci") or [None, None]
+        value = ci[1] if on_ci else attack.get("auc")
+        if value is None or (on_ci and ci[0] is None):
+            return Measurement(None, f"{name}: no {'AUC CI' if on_ci else 'AUC'} recorded")
+        values.append((float(value), name))
+        lowers.append(float(ci[0]) if on_ci else float(value))
+    value, name = max(values)
+    if not on_ci:
+        return Measurement(value, f"worst: {name} (AUC)")
+    # a pass needs every attack's CI below the threshold (the highest upper bound decides); a fail needs one
+    # attack's whole CI above it (the highest lower bound decides)
+    return Measurement(value, f"worst: {name} (CI upper bound)", (max(lowers), value))
+
+
+def tpr_at_fpr(model: dict[str, Any], settings: dict[str, Any]) -> Measurement:
+    """Worst TPR at ``tpr_fpr`` over the MIA attacks; unresolvable (too few non-members) fails closed."""
+    fpr = float(settings.get("tpr_fpr", 0.01))
+    attacks, why = _attacks(model, "mia")
+    if why:
+        return Measurement(None, why)
+    values = []
+    for name, attack in attacks:
+        entry = R.tpr_at(attack, fpr)
+        if entry is None or entry.get("tpr") is None:
+            return Measurement(None, f"{name}: no TPR at FPR {fpr:g} recorded")
+        if not entry.get("resolvable", False):
+            return Measurement(None, f"{name}: TPR at FPR {fpr:g} is unresolvable (too few non-members)")
+        values.append((entry["tpr"], name))
+    value, name = max(values)
+    return Measurement(value, f"worst: {name} at FPR {fpr:g}")
+
+
+def memorised_share(model: dict[str, Any], settings: dict[str, Any]) -> Measurement:
+    """Share of member patients with a memorised synthetic image, worst over the memorisation attacks."""
+    attacks, why = _attacks(model, "memorization")
+    if why:
+        return Measurement(None, why)
+    values = []
+    for name, attack in attacks:
+        share: Any = attack.get("details") or {}
+        for key in MEMORISED_SHARE_PATH:
+            share = share.get(key) if isinstance(share, dict) else None
+        if isinstance(share, (int, float)):
+            values.append((float(share), name))
+    if not values:
+        return Measurement(None, "no memorisation attack recorded a memorised-patient share")
+    value, name = max(values)
+    return Measurement(value, f"worst: {name}")
+
+
+def epsilon(model: dict[str, Any], settings: dict[str, Any]) -> Measurement:
+    """DP ε the accountant recorded; a model trained without DP has ε = ∞."""
+    training = model.get("training")
+    if not training:
+        return Measurement(None, "no training record")
+    eps = (training.get("dp") or {}).get("epsilon")
+    return Measurement(math.inf, "trained without differential privacy") if eps is None else Measurement(eps, "DP accountant")
+
+
+def metric(name: str, category: str | None) -> Callable[[dict[str, Any], dict[str, Any]], Measurement]:
+    """A rule on one metric value (of ``category``, or any when None)."""
+    def measure(model: dict[str, Any], settings: dict[str, Any]) -> Measurement:
+        values = R.metric_values(model, category)
+        if name not in values or values[name].get("value") is None:
+            failed = [f"{p}: {e.get('error') or e.get('reason')}" for p, e in (model.get("metrics") or {}).items()
+                      if e.get("status") != "ok" and (category is None or e.get("category") == category)]
+            return Measurement(None, f"metric {name!r} missing" + (" — " + "; ".join(failed) if failed else ""))
+        return Measurement(values[name]["value"], f"from {values[name]['metric']}")
+
+    return measure
+
+
+Rule = Callable[[dict[str, Any], dict[str, Any]], Measurement]
+
+#: policy key -> the rule's function. ``max_*`` rules hold when the value is at most the threshold, ``min_*`` at least.
+RULES: dict[str, Rule] = {
+    "max_mia_auc": mia_auc,
+    "max_tpr_at_fpr": tpr_at_fpr,
+    "max_memorised_share": memorised_share,
+    "max_epsilon": epsilon,
+    "min_tstr_dice": metric("tstr_dice", "utility"),
+}
+#: policy tables of metric bounds: key -> (direction, metric category or None for any)
+TABLE_RULES: dict[str, tuple[str, str | None]] = {
+    "min_fidelity": ("min", "fidelity"), "max_fidelity": ("max", "fidelity"),
+    "min_utility": ("min", "utility"), "max_utility": ("max", "utility"),
+    "min_metric": ("min", None), "max_metric": ("max", None)}
+
+
+def rule_for(key: str) -> Rule:
+    """The function of a scalar rule (``max_mia_auc``) or of one entry of a table rule (``min_fidelity.coverage``)."""
+    if key in RULES:
+        return RULES[key]
+    table, name = key.split(".", 1)
+    return metric(name, TABLE_RULES[table][1])
