@@ -33,7 +33,7 @@ ON_INCONCLUSIVE = ("fail", "pass", "inconclusive")
 
 #: the built-in policy (the same numbers as examples/policy.toml, where each one's source is cited)
 DEFAULT_POLICY: dict[str, Any] = {
-    "max_mia_auc": 0.60, "auc_on": "ci_upper", "max_tpr_at_fpr": 0.05, "tpr_fpr": 0.01,
+    "max_mia_auc": 0.60, "auc_on": "ci_upper", "on_inconclusive": "fail", "max_tpr_at_fpr": 0.05, "tpr_fpr": 0.01,
     "max_memorised_share": 0.05, "min_tstr_dice": 0.70, "min_fidelity": {"coverage": 0.5},
     "models_policy": {"*-dp*": {"max_epsilon": 10.0}},
 }
