@@ -113,26 +113,49 @@ def clopper_pearson(k: np.ndarray | int, n: int, alpha: float = 0.05) -> tuple[n
     return np.nan_to_num(lo), np.nan_to_num(hi, nan=1.0)
 
 
-def eps_lower_bound(member: np.ndarray, nonmember: np.ndarray, delta: float = DEFAULT_DELTA,
-                    alpha: float = 0.05) -> float:
-    """Empirical ε lower bound: max over thresholds of log((TPR_lo − δ) / FPR_hi) and of the mirrored
-    log((TNR_lo − δ) / FNR_hi), with Clopper–Pearson bounds (Jagielski et al. 2020; Nasr et al. 2021).
-
-    As in those papers the threshold is maximised over on the same data, so the bound is slightly optimistic;
-    with few examples it is small by construction, which is the honest answer.
-    """
-    fpr, tpr, _ = roc_curve(member, nonmember)
-    n_pos, n_neg = np.asarray(member).size, np.asarray(nonmember).size
-    tp, fp = np.rint(tpr * n_pos), np.rint(fpr * n_neg)
+def _eps_at(member: np.ndarray, nonmember: np.ndarray, thresholds: np.ndarray, delta: float,
+            alpha: float) -> np.ndarray:
+    """(2, T) ε lower bounds of the tests "member when score >= threshold": row 0 log((TPR_lo − δ) / FPR_hi), row 1
+    the mirrored log((TNR_lo − δ) / FNR_hi); Clopper–Pearson at level 1 − alpha; −inf where nothing is shown."""
+    n_pos, n_neg = member.size, nonmember.size
+    tp = n_pos - np.searchsorted(np.sort(member), thresholds, side="left")
+    fp = n_neg - np.searchsorted(np.sort(nonmember), thresholds, side="left")
     tpr_lo, _ = clopper_pearson(tp, n_pos, alpha)
     _, fpr_hi = clopper_pearson(fp, n_neg, alpha)
     tnr_lo, _ = clopper_pearson(n_neg - fp, n_neg, alpha)
     _, fnr_hi = clopper_pearson(n_pos - tp, n_pos, alpha)
     with np.errstate(divide="ignore", invalid="ignore"):
-        a = np.log(np.clip(tpr_lo - delta, 0, None) / fpr_hi)
-        b = np.log(np.clip(tnr_lo - delta, 0, None) / fnr_hi)
-    best = np.nanmax(np.r_[a, b, 0.0][np.isfinite(np.r_[a, b, 0.0])])
-    return float(max(best, 0.0))
+        out = np.log(np.stack([np.clip(tpr_lo - delta, 0, None) / fpr_hi, np.clip(tnr_lo - delta, 0, None) / fnr_hi]))
+    return np.where(np.isfinite(out), out, -np.inf)
+
+
+def eps_lower_bound(member: np.ndarray, nonmember: np.ndarray, delta: float = DEFAULT_DELTA,
+                    alpha: float = 0.05, seed: int = 0) -> float:
+    """Empirical ε lower bound with Clopper–Pearson bounds on the test's error rates (Jagielski et al. 2020; Nasr
+    et al. 2021): log((TPR_lo − δ) / FPR_hi), or the mirrored log((TNR_lo − δ) / FNR_hi).
+
+    Each score must be one independent trial: pass one score per privacy unit (patient or canary), never slices
+    of one patient. The threshold is not chosen on the scores it is judged on (that makes the bound optimistic):
+    the units are split in two halves (seeded), the threshold and direction are chosen on one half and the bound
+    evaluated on the other, both ways round, at level alpha / 2 each (a union bound over the two), and the larger
+    of the two is returned. With few units it is 0 by construction, which is the honest answer.
+    """
+    member = np.asarray(member, dtype=np.float64).ravel()
+    nonmember = np.asarray(nonmember, dtype=np.float64).ravel()
+    _labelled(member, nonmember)  # same checks as every other statistic
+    if member.size < 2 or nonmember.size < 2:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    halves = [np.array_split(rng.permutation(x), 2) for x in (member, nonmember)]
+    best = 0.0
+    for choose, judge in ((0, 1), (1, 0)):
+        m_sel, n_sel = halves[0][choose], halves[1][choose]
+        thresholds = roc_curve(m_sel, n_sel)[2][1:]
+        chosen = _eps_at(m_sel, n_sel, thresholds, delta, alpha / 2)
+        direction, column = np.unravel_index(int(np.argmax(chosen)), chosen.shape)
+        held_out = _eps_at(halves[0][judge], halves[1][judge], thresholds[[column]], delta, alpha / 2)[direction, 0]
+        best = max(best, float(held_out))
+    return best
 
 
 # --------------------------------------------------------------------------------------------------- patients
@@ -186,12 +209,12 @@ def cluster_bootstrap_mean(values: np.ndarray, groups: np.ndarray, n_boot: int =
 
 # --------------------------------------------------------------------------------------------------- summary
 def _block(member: np.ndarray, nonmember: np.ndarray, member_patients: np.ndarray, nonmember_patients: np.ndarray,
-           n_boot: int, seed: int, delta: float) -> dict[str, Any]:
+           n_boot: int, seed: int, eps_bound: float) -> dict[str, Any]:
     return {
         "auc": auc(member, nonmember),
         "auc_ci": list(auc_ci(member, nonmember, member_patients, nonmember_patients, n_boot, seed)),
         "tpr_at_fpr": {str(f): tpr_at_fpr(member, nonmember, f) for f in FPR_TARGETS},
-        "eps_lower_bound": eps_lower_bound(member, nonmember, delta),
+        "eps_lower_bound": eps_bound,
         "advantage": advantage(member, nonmember),
         "n_members": int(np.asarray(member).size),
         "n_nonmembers": int(np.asarray(nonmember).size),
@@ -204,16 +227,20 @@ def summarize(result: Any, n_boot: int = DEFAULT_BOOT, seed: int = 0, delta: flo
     Top level: the numbers at the result's own ``level`` (slice or patient). ``patient``: the same numbers after
     averaging each patient's slice scores (the privacy unit), plus ``by_max`` with max-aggregation. For a result
     that is already per patient, the patient block repeats the top-level numbers.
+
+    The ε lower bound is always the patient-level one (mean aggregation; ``by_max`` has its own): slices of one
+    patient are not independent trials, so no bound is computed over slices.
     """
     m, n = np.asarray(result.member_scores, float), np.asarray(result.nonmember_scores, float)
     mp, npat = np.asarray(result.member_patients, str), np.asarray(result.nonmember_patients, str)
-    out = _block(m, n, mp, npat, n_boot, seed, delta)
+    per_patient = {how: (aggregate_by_patient(m, mp, how), aggregate_by_patient(n, npat, how))
+                   for how in ("mean", "max")}
+    bounds = {how: eps_lower_bound(pm, pn, delta, seed=seed) for how, ((pm, _), (pn, _)) in per_patient.items()}
+    out = _block(m, n, mp, npat, n_boot, seed, bounds["mean"])
     out["level"] = result.level
     patient: dict[str, Any] = {}
-    for how in ("mean", "max"):
-        pm, pm_ids = aggregate_by_patient(m, mp, how)
-        pn, pn_ids = aggregate_by_patient(n, npat, how)
-        block = _block(pm, pn, pm_ids, pn_ids, n_boot, seed, delta)
+    for how, ((pm, pm_ids), (pn, pn_ids)) in per_patient.items():
+        block = _block(pm, pn, pm_ids, pn_ids, n_boot, seed, bounds[how])
         if how == "mean":
             patient = {**block, "aggregation": "mean"}
         else:
