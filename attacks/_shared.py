@@ -12,13 +12,6 @@ from cmraudit.data.types import SliceTable
 SIGNAL_BATCH = 64
 
 
-def option(ctx: AuditContext, plugin: str, key: str, default: Any) -> Any:
-    """A setting from the run config's ``[options.PLUGIN]`` table (``[options.lira] shadows = 8``); settings that
-    several attacks share (``features``, ``signal``) live in ``[options.attacks]``."""
-    table = (ctx.options or {}).get(plugin) or {}
-    return table.get(key, default) if isinstance(table, dict) else default
-
-
 def images(table: SliceTable) -> torch.Tensor:
     return table.images.float()
 
@@ -39,18 +32,17 @@ def slice_result(ctx: AuditContext, member_scores: np.ndarray, nonmember_scores:
                         details=details or {}, arrays=arrays or {})
 
 
-def scored_part(ctx: AuditContext, role: str) -> SliceTable:
+def scored_part(ctx: AuditContext, role: str, limit: int | None) -> SliceTable:
     """A split role's slices as attacks that run the network on every slice score them.
 
-    Every slice on the standard profile. On the CPU profiles at most ``max_slices_per_patient`` per patient
-    (``[options.attacks]``, default 10), evenly spread over the patient's phases and base-to-apex positions: the
-    privacy unit is the patient, and a few slices per patient carry its signal at a fraction of the cost. Ten keep
-    TPR at 1% FPR resolvable (≥ 100 non-member scores) from ten non-member patients on."""
-    key = f"scored:{role}"
+    Every slice when ``limit`` is None or 0 (the standard profile's default). Otherwise at most ``limit`` per
+    patient (the attack's ``max_slices_per_patient`` setting, 10 on the CPU profiles), evenly spread over the
+    patient's phases and base-to-apex positions: the privacy unit is the patient, and a few slices per patient
+    carry its signal at a fraction of the cost. Ten keep TPR at 1% FPR resolvable (≥ 100 non-member scores) from
+    ten non-member patients on. Cached per role and limit in ``ctx.cache``."""
+    key = f"scored:{role}:{limit}"
     if key not in ctx.cache:
         table = ctx.part(role)
-        default = None if ctx.profile == "standard" else 10
-        limit = option(ctx, "attacks", "max_slices_per_patient", default)
         if limit:
             keep = []
             for rows in table.patient_rows().values():
@@ -86,10 +78,12 @@ def reference_z(reference: dict[str, np.ndarray], evaluated: dict[str, np.ndarra
     return np.mean(zs, axis=0)
 
 
-def encoder_features(ctx: AuditContext, tables: list[SliceTable]) -> list[torch.Tensor] | None:
+def encoder_features(ctx: AuditContext, tables: list[SliceTable], settings: dict[str, Any]
+                     ) -> list[torch.Tensor] | None:
     """In-domain encoder features for each table, or None when the encoder is unavailable or switched off
-    (option ``features = false``). The encoder is trained on members only, never on non-members."""
-    if not option(ctx, "attacks", "features", True):
+    (``features = false`` in the attack's ``settings``, usually from ``[options.attacks]``). The encoder is trained
+    on members only, never on non-members."""
+    if not settings.get("features", True):
         return None
     try:
         from cmraudit.measure.features import get_encoder

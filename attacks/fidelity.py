@@ -61,8 +61,8 @@ VALUES = {
 
 
 def fidelity_config(ctx: AuditContext) -> FidelityConfig:
-    base = PROFILE_CONFIGS.get(ctx.profile, PROFILE_CONFIGS["quick"])
-    return dataclasses.replace(base, **ctx.options.get("fidelity", {}))
+    """The profile's FidelityConfig (``Fidelity.profile_config``) with the user's ``[options.fidelity]`` over it."""
+    return FidelityConfig(**ctx.settings(Fidelity))
 
 
 HELD_OUT = ("test", "reference", "nonmembers")  # never trained on, by the generator or by the encoder
@@ -157,6 +157,11 @@ class Fidelity(Metric):
                    "mask consistency and MS-SSIM diversity, each next to a real-vs-real baseline")
     reference = ("Heusel 2017 (FD); Bińkowski 2018 (KID); Naeem 2020 (PRDC); Durall 2020 (spectra); "
                  "Odena 2017 (MS-SSIM diversity)")
+
+    @classmethod
+    def profile_config(cls, profile: str) -> dict[str, Any]:
+        """Every FidelityConfig field for ``profile`` (PROFILE_CONFIGS; an unknown profile gets quick's)."""
+        return dataclasses.asdict(PROFILE_CONFIGS.get(profile, PROFILE_CONFIGS["quick"]))
 
     def compute(self, ctx: AuditContext) -> dict[str, MetricValue]:
         if len(ctx.synthetic) <= PROFILE_CONFIGS["quick"].prdc_k:

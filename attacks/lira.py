@@ -27,7 +27,7 @@ from cmraudit.api import Attack, AttackResult, AuditContext, Generator, NotAppli
 from cmraudit.hookspecs import hookimpl
 from cmraudit.measure.neighbours import knn
 
-from ._shared import generator_or_skip, images, membership_signals, option, pixel_scale, slice_result
+from ._shared import generator_or_skip, images, membership_signals, pixel_scale, slice_result
 
 DEFAULT_SHADOWS = 4
 
@@ -90,7 +90,7 @@ class LiRA(Attack):
 
     def run(self, ctx: AuditContext) -> AttackResult:
         gen = generator_or_skip(ctx)
-        k = int(option(ctx, "lira", "shadows", DEFAULT_SHADOWS))
+        k = int(ctx.settings(self).get("shadows", DEFAULT_SHADOWS))
         if k < 1:
             raise NotApplicable("[options.lira] shadows is 0")
         shadows = shadow_models(ctx, k)
@@ -122,7 +122,7 @@ class LiRA(Attack):
         from cmraudit.stats import auc
 
         ref = ctx.reference
-        pinned = option(ctx, "attacks", "signal", None)
+        pinned = ctx.settings(self).get("signal")  # usually from [options.attacks]
         per_shadow = [(membership_signals(s, ref, ctx.seed, ctx.device), np.isin(ref.patients, list(inside)))
                       for s, inside in shadows]
         keys = sorted(per_shadow[0][0])

@@ -20,23 +20,30 @@ White-box (need ``Generator.membership_signal``; one attack name per signal fami
   secmi          SecMI t-error (Duan et al. 2023) and
   pia            PIA (Kong et al. 2024): both need the optional generator methods below.
 
-Optional generator contract for SecMI and PIA (diffusion and flow families; noise level in [0, 1], 0 = data):
+SecMI and PIA need the optional generator contract ``cmraudit.api.DenoiserView`` (diffusion and flow families;
+noise level in [0, 1], 0 = data):
   ``forward_noise(x0, level: float, noise) -> x_level``       the forward process at that noise level;
   ``predict_x0_and_noise(x, level: float, batch) -> (x0_hat, noise_hat)``  the model's split of a noisy image into
   data and noise, conditioned on ``batch``'s masks and labels. A deterministic (DDIM / ODE-Euler) step from level
   a to b is then ``forward_noise(*predict_x0_and_noise(x_a, a, batch), b)`` for both families.
+
+Settings: each attack's profile-dependent defaults are in its ``profile_config``; everything is read through
+``ctx.settings(attack)``, where ``[options.attacks]`` and ``[options.NAME]`` override them.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
 
-from cmraudit.api import Attack, AttackResult, AuditContext, Batch, Generator, NotApplicable
+from cmraudit.api import Attack, AttackResult, AuditContext, Batch, DenoiserView, Generator, NotApplicable
+from cmraudit.data.types import SliceTable
 from cmraudit.hookspecs import hookimpl
 from cmraudit.measure.neighbours import count_within, knn
 
-from ._shared import (encoder_features, generator_or_skip, images, membership_signals, option, pixel_scale,
-                      reference_z, scored_part, slice_result)
+from ._shared import (encoder_features, generator_or_skip, images, membership_signals, pixel_scale, reference_z,
+                      scored_part, slice_result)
 
 
 # --------------------------------------------------------------------------------------------------- samples only
@@ -86,7 +93,7 @@ class MonteCarlo(Attack):
         syn, ref = images(ctx.synthetic), images(ctx.reference)
         if len(ref) == 0:
             raise NotApplicable("the split has no reference patients to choose ε on")
-        k = max(1, int(round(option(ctx, "monte-carlo", "ball_share", 0.01) * len(syn))))
+        k = max(1, int(round(ctx.settings(self).get("ball_share", 0.01) * len(syn))))
         eps = float(knn(ref, syn, k=k, device=ctx.device).distance[:, -1].median())
         counts = [count_within(images(t), syn, eps, device=ctx.device).numpy() / len(syn)
                   for t in (ctx.members, ctx.nonmembers)]
@@ -113,12 +120,13 @@ class Domias(Attack):
     def run(self, ctx: AuditContext) -> AttackResult:
         from scipy.stats import gaussian_kde
 
+        settings = ctx.settings(self)
         tables = [ctx.reference, ctx.synthetic, ctx.members, ctx.nonmembers]
-        feats = encoder_features(ctx, tables)
+        feats = encoder_features(ctx, tables, settings)
         space = "encoder" if feats is not None else "pixel"
         feats = feats if feats is not None else [images(t) for t in tables]
         n_ref = len(tables[0])
-        dim = int(min(option(ctx, "domias", "dim", 8), max(1, n_ref // 10), feats[0].flatten(1).shape[1]))
+        dim = int(min(settings.get("dim", 8), max(1, n_ref // 10), feats[0].flatten(1).shape[1]))
         ref, syn, mem, non = _reduce(*feats, dim=dim)
         p_syn, p_ref = gaussian_kde(syn.T), gaussian_kde(ref.T)
         score = [p_syn.logpdf(x.T) - p_ref.logpdf(x.T) for x in (mem, non)]
@@ -130,27 +138,28 @@ def choose_signal(ctx: AuditContext, generator: Generator, keys: list[str], pref
                   ) -> tuple[str | None, dict]:
     """Which signal to use, decided without the evaluated members.
 
-    A single (or the preferred) key is used as is; ``ctx.options["signal"]`` pins one. Otherwise, when shadow
-    models can be trained, the key with the best AUC between a shadow's reference-training and held-out reference
-    patients wins (the shadow is shared with ``lira``); without shadows, None: combine the reference-standardised
-    signals (``reference_z``)."""
-    pinned = option(ctx, "attacks", "signal", None)
+    A single (or the preferred) key is used as is; the ``signal`` setting (``[options.attacks]``) pins one.
+    Otherwise, when shadow models can be trained and the ``loss`` attack's ``signal_selection`` setting is
+    ``"shadow"`` (its standard-profile default), the key with the best AUC between a shadow's reference-training and
+    held-out reference patients wins (the shadow is shared with ``lira``); otherwise None: combine the
+    reference-standardised signals (``reference_z``). The selection settings are the ``loss`` attack's whichever
+    family asks, so one ``[options.loss]`` table governs them."""
+    settings = ctx.settings(LossAttack)
+    pinned = settings.get("signal")
     if pinned in keys:
         return pinned, {"selection": "option"}
     if prefer in keys:
         return prefer, {"selection": "family default"}
     if len(keys) == 1:
         return keys[0], {"selection": "only signal"}
-    # a selection shadow costs one more training run: the default on the standard profile only
-    default_selection = "shadow" if ctx.profile == "standard" else "reference"
-    if ctx.train_shadow is None or option(ctx, "loss", "signal_selection", default_selection) != "shadow":
+    if ctx.train_shadow is None or settings["signal_selection"] != "shadow":
         return None, {"selection": "reference-standardised mean over signals"}
     from cmraudit.stats import auc
 
     from .lira import shadow_models
 
     aucs: dict[str, list[float]] = {k: [] for k in keys}
-    for shadow, inside in shadow_models(ctx, int(option(ctx, "loss", "selection_shadows", 1))):
+    for shadow, inside in shadow_models(ctx, int(settings.get("selection_shadows", 1))):
         ref = ctx.reference
         sig = membership_signals(shadow, ref, ctx.seed, ctx.device)
         is_in = np.isin(ref.patients, list(inside))
@@ -161,7 +170,21 @@ def choose_signal(ctx: AuditContext, generator: Generator, keys: list[str], pref
                   "selection_auc": {k: float(np.mean(v)) for k, v in aucs.items()}}
 
 
-class _SignalAttack(Attack):
+class _ScoringAttack(Attack):
+    """An attack that runs the network on every scored slice (``scored``): a few slices per patient on the CPU
+    profiles."""
+
+    @classmethod
+    def profile_config(cls, profile: str) -> dict[str, Any]:
+        # each scored slice costs network calls: 10 per patient keep the CPU profiles cheap (see scored_part); the
+        # standard profile scores every slice. Users set it for every such attack in [options.attacks].
+        return {"max_slices_per_patient": None if profile == "standard" else 10}
+
+    def scored(self, ctx: AuditContext, role: str) -> SliceTable:
+        return scored_part(ctx, role, ctx.settings(self).get("max_slices_per_patient"))
+
+
+class _SignalAttack(_ScoringAttack):
     """Threshold attack on one family's white-box signal."""
 
     families: tuple[str, ...] = ()
@@ -178,12 +201,12 @@ class _SignalAttack(Attack):
 
     def run(self, ctx: AuditContext) -> AttackResult:
         gen = generator_or_skip(ctx)
-        tables = scored_part(ctx, "members"), scored_part(ctx, "nonmembers")
+        tables = self.scored(ctx, "members"), self.scored(ctx, "nonmembers")
         mem, non = (membership_signals(gen, t, ctx.seed, ctx.device) for t in tables)
         keys = sorted(mem)
         key, details = choose_signal(ctx, gen, keys, self.prefer)
         if key is None:
-            ref = membership_signals(gen, scored_part(ctx, "reference"), ctx.seed, ctx.device)
+            ref = membership_signals(gen, self.scored(ctx, "reference"), ctx.seed, ctx.device)
             sm, sn = reference_z(ref, mem), reference_z(ref, non)
         else:
             sm, sn = mem[key], non[key]
@@ -204,6 +227,12 @@ class LossAttack(_SignalAttack):
     reference = ("Carlini et al. 2023, Extracting Training Data from Diffusion Models; Matsumoto et al. 2023, "
                  "Membership Inference Attacks against Diffusion Models")
 
+    @classmethod
+    def profile_config(cls, profile: str) -> dict[str, Any]:
+        # a selection shadow costs one more training run: the default on the standard profile only
+        return {**super().profile_config(profile),
+                "signal_selection": "shadow" if profile == "standard" else "reference"}
+
 
 class ElboAttack(_SignalAttack):
     name = "elbo"
@@ -222,30 +251,37 @@ class LoganAttack(_SignalAttack):
 
 
 # --------------------------------------------------------------------------------------------------- SecMI / PIA
-_DENOISER_METHODS = ("forward_noise", "predict_x0_and_noise")
+_DENOISER_METHODS = ("forward_noise", "predict_x0_and_noise")  # DenoiserView's members, named when one is missing
 
 
-class _DenoiserAttack(Attack):
+class _DenoiserAttack(_ScoringAttack):
+    """An attack on the generator's ``DenoiserView`` (see ``cmraudit.api.DenoiserView``)."""
+
     def applies_to(self, generator: Generator | None) -> str | None:
         if generator is None:
             return "white-box attack: needs the trained generator"
-        missing = [m for m in _DENOISER_METHODS if not callable(getattr(generator, m, None))]
-        if missing:
-            return (f"generator {generator.name!r} ({generator.family}) lacks the optional denoiser methods "
-                    f"{', '.join(missing)}")
+        if not isinstance(generator, DenoiserView):
+            missing = [m for m in _DENOISER_METHODS if not callable(getattr(generator, m, None))]
+            return (f"generator {generator.name!r} ({generator.family}) does not implement cmraudit.DenoiserView "
+                    f"(lacks the optional denoiser methods {', '.join(missing)})")
         return None
 
-    def signal(self, gen: Generator, batch: Batch, ctx: AuditContext) -> torch.Tensor:
+    def denoiser(self, ctx: AuditContext) -> DenoiserView:
+        """The context's generator as a denoiser, or NotApplicable with the reason."""
+        gen = generator_or_skip(ctx)
+        reason = self.applies_to(gen)
+        if reason or not isinstance(gen, DenoiserView):
+            raise NotApplicable(reason or "not a DenoiserView")
+        return gen
+
+    def signal(self, gen: DenoiserView, batch: Batch, ctx: AuditContext) -> torch.Tensor:
         raise NotImplementedError
 
     @torch.no_grad()
     def run(self, ctx: AuditContext) -> AttackResult:
-        gen = generator_or_skip(ctx)
-        reason = self.applies_to(gen)
-        if reason:
-            raise NotApplicable(reason)
+        gen = self.denoiser(ctx)
         scores = []
-        tables = scored_part(ctx, "members"), scored_part(ctx, "nonmembers")
+        tables = self.scored(ctx, "members"), self.scored(ctx, "nonmembers")
         for table in tables:
             out = []
             for start in range(0, len(table), 64):
@@ -258,9 +294,9 @@ class _DenoiserAttack(Attack):
         return {}
 
 
-def _ddim_step(gen: Generator, x: torch.Tensor, a: float, b: float, batch: Batch) -> torch.Tensor:
-    x0_hat, noise_hat = gen.predict_x0_and_noise(x, a, batch)  # type: ignore[attr-defined]
-    return gen.forward_noise(x0_hat, b, noise_hat)  # type: ignore[attr-defined]
+def _ddim_step(gen: DenoiserView, x: torch.Tensor, a: float, b: float, batch: Batch) -> torch.Tensor:
+    x0_hat, noise_hat = gen.predict_x0_and_noise(x, a, batch)
+    return gen.forward_noise(x0_hat, b, noise_hat)
 
 
 class SecMI(_DenoiserAttack):
@@ -270,12 +306,16 @@ class SecMI(_DenoiserAttack):
                    "Δ = 0.05 on the CPU profiles).")
     reference = "Duan et al. 2023, Are Diffusion Models Vulnerable to Membership Inference Attacks? (SecMI)"
 
-    def _levels(self, ctx: AuditContext) -> tuple[float, float]:
+    @classmethod
+    def profile_config(cls, profile: str) -> dict[str, Any]:
         # the paper's interval (10 of 1000 steps) means 10 network calls to invert; 0.05 (2 calls) on CPU profiles
-        interval = 0.01 if ctx.profile == "standard" else 0.05
-        return float(option(ctx, "secmi", "level", 0.1)), float(option(ctx, "secmi", "interval", interval))
+        return {**super().profile_config(profile), "interval": 0.01 if profile == "standard" else 0.05}
 
-    def signal(self, gen: Generator, batch: Batch, ctx: AuditContext) -> torch.Tensor:
+    def _levels(self, ctx: AuditContext) -> tuple[float, float]:
+        settings = ctx.settings(self)
+        return float(settings.get("level", 0.1)), float(settings["interval"])
+
+    def signal(self, gen: DenoiserView, batch: Batch, ctx: AuditContext) -> torch.Tensor:
         t, delta = self._levels(ctx)
         x = batch.images
         grid = np.linspace(0.0, t, max(1, int(round(t / delta))) + 1)
@@ -296,15 +336,15 @@ class PIA(_DenoiserAttack):
                    "model's estimate at t with it; members are consistent (t = 0.2 as in the paper's 200/1000).")
     reference = "Kong et al. 2024, An Efficient Membership Inference Attack for the Diffusion Model by Proximal Initialization (PIA)"
 
-    def signal(self, gen: Generator, batch: Batch, ctx: AuditContext) -> torch.Tensor:
-        t = float(option(ctx, "pia", "level", 0.2))
-        _, noise0 = gen.predict_x0_and_noise(batch.images, 0.0, batch)  # type: ignore[attr-defined]
-        x_t = gen.forward_noise(batch.images, t, noise0)  # type: ignore[attr-defined]
-        _, noise_t = gen.predict_x0_and_noise(x_t, t, batch)  # type: ignore[attr-defined]
+    def signal(self, gen: DenoiserView, batch: Batch, ctx: AuditContext) -> torch.Tensor:
+        t = float(ctx.settings(self).get("level", 0.2))
+        _, noise0 = gen.predict_x0_and_noise(batch.images, 0.0, batch)
+        x_t = gen.forward_noise(batch.images, t, noise0)
+        _, noise_t = gen.predict_x0_and_noise(x_t, t, batch)
         return -(noise_t - noise0).pow(2).flatten(1).mean(1)
 
     def details(self, ctx: AuditContext) -> dict:
-        return {"level": float(option(ctx, "pia", "level", 0.2)), "norm": "l2"}
+        return {"level": float(ctx.settings(self).get("level", 0.2)), "norm": "l2"}
 
 
 @hookimpl

@@ -33,7 +33,7 @@ from cmraudit.api import Attack, AttackResult, AuditContext, NotApplicable
 from cmraudit.hookspecs import hookimpl
 from cmraudit.measure.neighbours import group_nearest, near_copy_group_nearest
 
-from ._shared import encoder_features, images, option, pixel_scale
+from ._shared import encoder_features, images, pixel_scale
 
 RATIO_THRESHOLD = 1 / 3
 
@@ -89,7 +89,8 @@ class Memorization(Attack):
             raise NotApplicable("the synthetic set is empty")
         if len(train.patient_ids) < 2 or len(hold.patient_ids) < 1:
             raise NotApplicable("needs at least two member patients and one non-member patient")
-        shift = int(option(ctx, "memorization", "near_copy_max_shift", 2))
+        settings = ctx.settings(self)
+        shift = int(settings.get("near_copy_max_shift", 2))
         spaces: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         scale = pixel_scale(syn)
         d_tr, i_tr, ids_tr = group_nearest(images(syn), images(train), train.patients, device=ctx.device)
@@ -100,7 +101,7 @@ class Memorization(Attack):
         d_ho, _, _ = near_copy_group_nearest(images(syn), images(hold), hold.patients, max_shift=shift,
                                              device=ctx.device)
         spaces["near_copy"] = (d_tr.numpy(), d_ho.numpy(), i_tr.numpy(), ids_tr, ids_ho)
-        feats = encoder_features(ctx, [syn, train, hold])
+        feats = encoder_features(ctx, [syn, train, hold], settings)
         if feats is not None:
             d_tr, i_tr, _ = group_nearest(feats[0], feats[1], train.patients, device=ctx.device)
             d_ho, _, _ = group_nearest(feats[0], feats[2], hold.patients, device=ctx.device)
@@ -110,7 +111,7 @@ class Memorization(Attack):
                                    "spaces": list(spaces), "dcr_share": {}, "memorised_share": {}}
         arrays: dict[str, np.ndarray] = {}
         ratios: dict[str, np.ndarray] = {}
-        repeats = int(option(ctx, "memorization", "dcr_repeats", 20))
+        repeats = int(settings.get("dcr_repeats", 20))
         for space, (dt, dh, _, _, _) in spaces.items():
             _, d1, d2 = _second_smallest(dt)
             ratios[space] = d1 / np.maximum(d2, 1e-12)
@@ -134,7 +135,7 @@ class Memorization(Attack):
     def _pairs(self, ctx: AuditContext, ratio: np.ndarray, d_tr: np.ndarray, idx: np.ndarray, ids: np.ndarray,
                arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """The k lowest-ratio synthetic images with their nearest training image (images kept for the gallery)."""
-        k = min(int(option(ctx, "memorization", "pairs", 8)), len(ratio))
+        k = min(int(ctx.settings(self).get("pairs", 8)), len(ratio))
         chosen = np.argsort(ratio, kind="stable")[:k]
         col = d_tr[chosen].argmin(1)
         train_rows = idx[chosen, col]

@@ -12,6 +12,8 @@ profile, 3 on the CPU ones; evenly spread from base to apex) keep the cost at a 
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -20,7 +22,7 @@ from cmraudit.data.types import SliceTable
 from cmraudit.hookspecs import hookimpl
 from cmraudit.measure.neighbours import near_copy_pair_distance
 
-from ._shared import generator_or_skip, option, pixel_scale
+from ._shared import generator_or_skip, pixel_scale
 
 
 def spread_rows(table: SliceTable, per_patient: int) -> np.ndarray:
@@ -54,13 +56,18 @@ class StencilReplay(Attack):
     reference = ("cmraudit; in the spirit of reconstruction attacks on conditional generators (Carlini et al. "
                  "2023; Somepalli et al. 2023, Diffusion Art or Digital Forgery?)")
 
+    @classmethod
+    def profile_config(cls, profile: str) -> dict[str, Any]:
+        # every replayed slice is one sampling run: 3 per patient on the CPU profiles, 4 on the standard profile
+        return {"slices": 4 if profile == "standard" else 3}
+
     def applies_to(self, generator: Generator | None) -> str | None:
         return "needs the trained generator to condition on real masks" if generator is None else None
 
     def run(self, ctx: AuditContext) -> AttackResult:
         gen = generator_or_skip(ctx)
-        # every replayed slice is one sampling run: 3 per patient on the CPU profiles, 4 on the standard profile
-        per_patient = int(option(ctx, "stencil-replay", "slices", 4 if ctx.profile == "standard" else 3))
+        settings = ctx.settings(self)
+        per_patient = int(settings["slices"])
         tables, outputs, pixel, near = [], [], [], []
         for table in (ctx.members, ctx.nonmembers):
             t = table.take(spread_rows(table, per_patient))
@@ -69,7 +76,7 @@ class StencilReplay(Attack):
             outputs.append(out)
             pixel.append(((out - t.images.float()).flatten(1).norm(dim=1) / pixel_scale(t)).double().numpy())
             near.append(near_copy_pair_distance(out, t.images).numpy())
-        k = min(int(option(ctx, "stencil-replay", "pairs", 8)), len(pixel[0]))
+        k = min(int(settings.get("pairs", 8)), len(pixel[0]))
         closest = np.argsort(pixel[0], kind="stable")[:k]
         idx = torch.from_numpy(closest)
         arrays = {"member_pixel_distance": pixel[0], "nonmember_pixel_distance": pixel[1],

@@ -44,8 +44,8 @@ PROFILE_CONFIGS = {
 
 
 def utility_config(ctx: AuditContext) -> UtilityConfig:
-    base = PROFILE_CONFIGS.get(ctx.profile, PROFILE_CONFIGS["quick"])
-    return dataclasses.replace(base, **ctx.options.get("utility", {}))
+    """The profile's UtilityConfig (``Utility.profile_config``) with the user's ``[options.utility]`` over it."""
+    return UtilityConfig(**ctx.settings(Utility))
 
 
 def _without_vendor(table: SliceTable, vendor: str) -> SliceTable:
@@ -135,6 +135,11 @@ class Utility(Metric):
     description = ("TSTR segmentation Dice/HD95 per structure and vendor vs TRTR and real + synthetic; "
                    "leave-one-vendor-out; pathology classification TSTR")
     reference = "Esteban 2017 (TSTR); Bernard 2018 (ACDC Dice/HD95); Campello 2021 (M&Ms vendor shift)"
+
+    @classmethod
+    def profile_config(cls, profile: str) -> dict[str, Any]:
+        """Every UtilityConfig field for ``profile`` (PROFILE_CONFIGS; an unknown profile gets quick's)."""
+        return dataclasses.asdict(PROFILE_CONFIGS.get(profile, PROFILE_CONFIGS["quick"]))
 
     def compute(self, ctx: AuditContext) -> dict[str, MetricValue]:
         config = utility_config(ctx)

@@ -15,6 +15,7 @@ from .api import (  # noqa: E402
     Batch,
     Conditioning,
     DatasetSource,
+    DenoiserView,
     Generator,
     Metric,
     MetricValue,
@@ -29,6 +30,6 @@ from .hookspecs import hookimpl  # noqa: E402
 
 __all__ = [
     "__version__", "hookimpl", "Attack", "AttackResult", "AuditContext", "Batch", "Conditioning", "DatasetSource",
-    "Generator", "Metric", "MetricValue", "NotApplicable", "ReportSection", "Split", "StepRunner", "PatientVolume",
-    "Slice", "SliceTable", "CmrauditError", "DataError", "PluginError",
+    "DenoiserView", "Generator", "Metric", "MetricValue", "NotApplicable", "ReportSection", "Split", "StepRunner",
+    "PatientVolume", "Slice", "SliceTable", "CmrauditError", "DataError", "PluginError",
 ]

@@ -3,6 +3,10 @@
 A plugin author subclasses one of ``Generator``, ``Attack``, ``Metric``, ``DatasetSource`` or ``ReportSection``
 and registers it through the matching hook (see ``cmraudit.hookspecs``). The core never imports model or attack
 code of its own: everything it runs comes through these classes.
+
+(Longer than the other core modules on purpose: it is the whole plugin contract — base classes, the optional
+``DenoiserView`` protocol, ``AuditContext`` and the result types — on one page a plugin author reads top to bottom,
+and docs/plugins.md follows its order.)
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import abc
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -107,6 +111,8 @@ class Generator(abc.ABC):
         for a given ``torch.Generator`` seed.
       * ``membership_signal`` (optional) returns named per-example signals, each (B,), **higher = the model fits
         this example better** (e.g. negative denoising loss), for white-box membership attacks.
+      * diffusion-like families may also implement ``DenoiserView`` (``forward_noise``, ``predict_x0_and_noise``),
+        which the SecMI and PIA attacks need.
     """
 
     name: ClassVar[str]
@@ -178,6 +184,48 @@ class Generator(abc.ABC):
         return self.train(False)
 
 
+@runtime_checkable
+class DenoiserView(Protocol):
+    """Optional generator contract: the model seen as a denoiser at a continuous noise level.
+
+    The white-box attacks SecMI (Duan et al. 2023) and PIA (Kong et al. 2024) need to noise an image themselves and
+    ask the model what it thinks the data and the noise are; ``Generator.membership_signal`` cannot express that.
+    A generator opts in by defining both methods (structural typing: no base class to add); the attacks test
+    ``isinstance(generator, DenoiserView)`` and are skipped, with the reason, for generators that do not. The
+    built-in diffusion and flow generators implement it (``cmraudit.plugins._unet.UNetGenerator``).
+
+    **Noise level.** ``level`` is a float in [0, 1]: 0 is the data, 1 is pure noise, the same scale for every
+    family. Each family maps it onto its own time: a DDPM generator onto its training step
+    ``round(level * (T - 1))``; a flow-matching generator, whose time t runs from noise (0) to data (1), onto
+    ``t = 1 - level``. The noisy image at a level is ``a(level) * x0 + b(level) * noise`` with ``a`` falling from
+    1 to 0 and ``b`` rising from 0 to 1 (variance-preserving ``a**2 + b**2 = 1`` for diffusion, ``a + b = 1`` for
+    flow).
+
+    **Noise.** ``noise`` is a standard-normal tensor of the image's shape: drawn by the caller, or the model's own
+    estimate from ``predict_x0_and_noise``.
+
+    **Shapes.** Images ``x0``, ``x``, ``noise`` and both estimates are (B, 1, H, W) float; ``batch`` is the
+    ``Batch`` of the same B examples, whose ``masks``, ``vendor`` and ``pathology`` condition the model (its
+    ``images`` are not read by ``predict_x0_and_noise``).
+
+    **Callers.** The SecMI and PIA attacks (``cmraudit.attacks.membership``), on the trained generator in eval
+    mode, in batches of up to 64 examples on ``AuditContext.device``. Neither method may draw random numbers or
+    change the model: a deterministic (DDIM / ODE-Euler) step from level a to level b is
+    ``forward_noise(*predict_x0_and_noise(x_a, a, batch), b)`` for every family, and the attacks chain such steps.
+    """
+
+    def forward_noise(self, x0: "torch.Tensor", level: float, noise: "torch.Tensor") -> "torch.Tensor":
+        """The forward process: ``a(level) * x0 + b(level) * noise``, same shape as ``x0``. Exact, no network."""
+        ...
+
+    def predict_x0_and_noise(self, x: "torch.Tensor", level: float, batch: Batch
+                             ) -> "tuple[torch.Tensor, torch.Tensor]":
+        """The model's split of the noisy image ``x`` at ``level`` into estimates ``(x0_hat, noise_hat)``,
+        conditioned on ``batch`` (unguided), without gradients. Whatever the network predicts,
+        ``forward_noise(x0_hat, level, noise_hat)`` gives ``x`` back (up to float error)."""
+        ...
+
+
 # --------------------------------------------------------------------------------------------------- splits
 @dataclass
 class Split:
@@ -225,6 +273,32 @@ class AuditContext:
     cache: dict[str, Any] = field(default_factory=dict)
     #: trains a fresh generator of the same kind on given patients (for shadow-model attacks such as LiRA)
     train_shadow: Callable[[list[str], int], Generator] | None = None
+
+    def settings(self, plugin: "Attack | Metric | type[Attack] | type[Metric] | str") -> dict[str, Any]:
+        """The settings of one attack or metric for this run, layered (later layers win, key by key):
+
+        1. ``profile_config(self.profile)`` of the plugin's class: its defaults for this profile;
+        2. for attacks only, the user's ``options["attacks"]`` (run.toml ``[options.attacks]``): settings that
+           several attacks share, such as ``features``, ``signal`` or ``max_slices_per_patient``;
+        3. the user's ``options[NAME]`` (``[options.NAME]`` or ``--set options.NAME.KEY=VALUE``), NAME being the
+           class's ``name``.
+
+        Pass the attack or metric (instance or class). A plain name gives that options table alone, with no
+        profile defaults (e.g. ``ctx.settings("attacks")``). Returns a fresh dict; keys absent from every layer are
+        absent, so read optional, profile-independent settings with ``.get(key, default)``.
+        """
+        if isinstance(plugin, str):
+            return dict(self._options_table(plugin))
+        cls = plugin if isinstance(plugin, type) else type(plugin)
+        merged = dict(cls.profile_config(self.profile))
+        if issubclass(cls, Attack):
+            merged.update(self._options_table("attacks"))
+        merged.update(self._options_table(cls.name))
+        return merged
+
+    def _options_table(self, name: str) -> dict[str, Any]:
+        table = (self.options or {}).get(name) or {}
+        return table if isinstance(table, dict) else {}
 
     def part(self, role: str) -> SliceTable:
         return self.data.select_patients(getattr(self.split, role))
@@ -276,6 +350,15 @@ class Attack(abc.ABC):
     #: groups include them only on the standard profile; naming the attack runs it on any profile
     trains_shadows: ClassVar[bool] = False
 
+    @classmethod
+    def profile_config(cls, profile: str) -> dict[str, Any]:
+        """Default settings for a profile (``smoke``, ``quick``, ``standard``); default: none.
+
+        Keep every profile-dependent number of the attack here (e.g. ``{"interval": 0.01}`` on ``standard``) and
+        read settings through ``ctx.settings(self)``, which lays the user's ``[options.attacks]`` and
+        ``[options.NAME]`` tables over these defaults."""
+        return {}
+
     def applies_to(self, generator: Generator | None) -> str | None:
         """None when the attack can run against this generator, else the reason it cannot."""
         return None
@@ -300,6 +383,12 @@ class Metric(abc.ABC):
     category: ClassVar[str] = "fidelity"
     description: ClassVar[str] = ""
     reference: ClassVar[str] = ""
+
+    @classmethod
+    def profile_config(cls, profile: str) -> dict[str, Any]:
+        """Default settings for a profile; default: none. Read them through ``ctx.settings(self)``, which lays the
+        user's ``[options.NAME]`` table over them (as for ``Attack.profile_config``)."""
+        return {}
 
     def applies_to(self, generator: Generator | None) -> str | None:
         return None

@@ -163,3 +163,22 @@ def test_fp16_without_bf16_uses_a_grad_scaler(tmp_path, monkeypatch):
     result = train(build(TinyDenoiser), tiny_table(), TrainConfig(steps=3, batch_size=4, device="cuda"), tmp_path)
     assert json.loads((tmp_path / "training.json").read_text())["amp"] == "float16"
     assert all(torch.isfinite(torch.tensor(v)) for v in result.logs.values())
+
+
+def test_dp_plan_is_recorded_under_the_same_keys(tmp_path):
+    """The PrivatePlan (a frozen dataclass) writes the checkpoint's ``dp`` entry and training.json's
+    ``dp_mechanism`` under the keys resuming and the report read."""
+    import dataclasses
+
+    from cmraudit.training.privacy import PrivatePlan
+
+    table = tiny_table(n_patients=6)
+    train(build(TinyDenoiser), table, TrainConfig(steps=2, batch_size=2, checkpoint_every=2), tmp_path,
+          dp=DPConfig(noise_multiplier=1.1))
+    summary = json.loads((tmp_path / "training.json").read_text())
+    assert summary["dp_mechanism"] == {"private_networks": ["net"], "per_network_noise_multiplier": 1.1,
+                                       "expected_batch": pytest.approx(2.0), "grad_sample_mode": "fast"}
+    state = torch.load(tmp_path / summary["checkpoint"], weights_only=True)
+    assert set(state["dp"]) == {"noise_multiplier", "sample_rate", "delta", "history"}
+    assert (state["dp"]["noise_multiplier"], state["dp"]["sample_rate"]) == (1.1, pytest.approx(2 / 6))
+    assert dataclasses.fields(PrivatePlan) and PrivatePlan.__dataclass_params__.frozen

@@ -31,8 +31,7 @@ from ..data.types import SliceTable
 from .device import amp_dtype, describe, select_device
 from ..errors import ConfigError, DataError, PluginError, RunError
 from ..io import atomic_write_text
-from .privacy import (DPConfig, PoissonSampler, UniformSampler, calibrate, epsilon_spent, make_accountant,
-                      releases_noise)
+from .privacy import DPConfig, UniformSampler, epsilon_spent, make_accountant, plan_private_training
 from .step_runner import EMA, LoopRunner
 
 Callback = Callable[[int, int, dict[str, float]], None]
@@ -127,8 +126,8 @@ def train(generator: Generator, table: SliceTable, config: TrainConfig, out_dir:
     runner = LoopRunner(generator, optimizers, device, dtype, config.grad_clip,
                         EMA({n: generator.nets[n] for n in generator.ema_networks()}, config.ema_decay))
     rng = torch.Generator()
-    private = _private_plan(generator, optimizers, table, config, dp, rng, state)
-    sampler = private["sampler"] if private else UniformSampler(table, config.batch_size, rng)
+    private = plan_private_training(generator, optimizers, table, config.batch_size, config.steps, dp, rng, state)
+    sampler = private.sampler if private else UniformSampler(table, config.batch_size, rng)
     accountant = make_accountant(dp.accountant, state["dp"]["history"] if state else None) if private else None
 
     step, seconds, window = 0, 0.0, collections.deque(maxlen=_LOG_WINDOW)
@@ -152,13 +151,13 @@ def train(generator: Generator, table: SliceTable, config: TrainConfig, out_dir:
                 "conditioning": dataclasses.asdict(generator.conditioning),
                 "nets": {n: _unwrapped(generator, n).state_dict() for n in generator.nets},
                 "runner": runner.state_dict(), "rng": rng_state(rng),
-                "dp": _dp_state(private, accountant)}
+                "dp": private.checkpoint_state(accountant) if private else None}
         return save_checkpoint(out_dir / "checkpoints", step, ckpt)
 
     try:
         if private:
-            runner.make_private(private["networks"], private["per_network_sigma"], dp.max_grad_norm,
-                                private["sampler"].expected_batch, dp.grad_sample_mode)
+            runner.make_private(private.networks, private.per_network_sigma, dp.max_grad_norm,
+                                private.sampler.expected_batch, dp.grad_sample_mode)
         while step < config.steps:
             rows = sampler()
             if len(rows) == 0:
@@ -169,14 +168,14 @@ def train(generator: Generator, table: SliceTable, config: TrainConfig, out_dir:
                 runner.begin_step(len(rows))
                 logs = {k: float(v) for k, v in generator.training_step(batch, runner).items()}
             if accountant is not None:
-                accountant.step(noise_multiplier=private["sigma"], sample_rate=sampler.sample_rate)
+                accountant.step(noise_multiplier=private.sigma, sample_rate=sampler.sample_rate)
             step += 1
             window.append(logs)
             logs = {**logs, "batch": float(len(rows))}
             if step % config.checkpoint_every == 0 or step == config.steps:
                 last = checkpoint()
                 if private:
-                    logs["epsilon"] = private["dp"].record(private["sigma"], sampler.sample_rate, step)["epsilon"]
+                    logs["epsilon"] = private.dp.record(private.sigma, sampler.sample_rate, step)["epsilon"]
             if callback:
                 callback(step=step, total=config.steps, logs=logs)
     finally:
@@ -184,12 +183,12 @@ def train(generator: Generator, table: SliceTable, config: TrainConfig, out_dir:
 
     seconds += time.perf_counter() - started
     _use_sampling_weights(generator, runner.ema.state_dict()["nets"])
-    record = private["dp"].record(private["sigma"], sampler.sample_rate, step, epsilon_spent(
-        private["dp"].accountant, accountant.history, private["dp"].delta)) if private else None
+    record = private.dp.record(private.sigma, sampler.sample_rate, step, epsilon_spent(
+        private.dp.accountant, accountant.history, private.dp.delta)) if private else None
     result = TrainResult(step, round(seconds, 3), record, _mean_logs(window), describe(device))
     summary = {**result.to_dict(), "generator": generator.name, "checkpoint": str(last.relative_to(out_dir)),
                "amp": str(dtype).replace("torch.", "") if dtype else None, "identity": identity,
-               "dp_mechanism": _dp_mechanism(private)}
+               "dp_mechanism": private.mechanism() if private else None}
     atomic_write_text(out_dir / "training.json", json.dumps(summary, indent=2) + "\n")
     return result
 
@@ -212,39 +211,6 @@ def load_trained(out_dir: Path, generator_cls_or_name: type[Generator] | str | N
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-def _private_plan(generator: Generator, optimizers: dict, table: SliceTable, config: TrainConfig,
-                  dp: DPConfig | None, rng: torch.Generator, state: dict | None) -> dict[str, Any] | None:
-    """Sampler, resolved DPConfig and noise for a DP run (None without DP)."""
-    if dp is None:
-        return None
-    networks = tuple(generator.private_networks())
-    missing = [n for n in networks if n not in optimizers or n not in generator.nets]
-    if not networks or missing:
-        raise PluginError(f"generator {generator.name!r}: private_networks() {list(networks)} must be non-empty "
-                          f"networks with optimisers (missing: {missing})")
-    sampler = PoissonSampler(table, config.batch_size, dp.unit, rng)
-    resolved = dp.for_units(sampler.n_units)
-    # on resume, reuse the recorded σ rather than re-running the calibration
-    sigma = state["dp"]["noise_multiplier"] if state else calibrate(resolved, sampler.sample_rate, config.steps)
-    return {"sampler": sampler, "dp": resolved, "networks": networks, "sigma": sigma,
-            "per_network_sigma": releases_noise(sigma, len(networks))}
-
-
-def _dp_state(private: dict | None, accountant: Any) -> dict[str, Any] | None:
-    if not private:
-        return None
-    return {"noise_multiplier": private["sigma"], "sample_rate": private["sampler"].sample_rate,
-            "delta": private["dp"].delta, "history": [list(h) for h in accountant.history]}
-
-
-def _dp_mechanism(private: dict | None) -> dict[str, Any] | None:
-    """How the recorded per-step σ is spent: one Gaussian release per private network (see releases_noise)."""
-    if not private:
-        return None
-    return {"private_networks": list(private["networks"]), "per_network_noise_multiplier": private["per_network_sigma"],
-            "expected_batch": private["sampler"].expected_batch, "grad_sample_mode": private["dp"].grad_sample_mode}
-
-
 def _identity(generator: Generator, config: TrainConfig, dp: DPConfig | None) -> dict[str, Any]:
     """What makes two calls the same run: generator, its config, loop settings and DP settings as given."""
     dp_dict = None if dp is None else {k: v for k, v in dataclasses.asdict(dp).items() if k != "grad_sample_mode"}

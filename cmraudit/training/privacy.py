@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..data.types import SliceTable
-from ..errors import ConfigError
+from ..errors import ConfigError, PluginError
 
 ACCOUNTANTS = ("prv", "rdp")
 UNITS = ("patient", "slice")
@@ -210,3 +210,59 @@ class UniformSampler:
 
     def __call__(self) -> torch.Tensor:
         return torch.randperm(self.n, generator=self.generator)[: self.batch_size]
+
+
+# --------------------------------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class PrivatePlan:
+    """How a DP run trains, fixed before its first step (and on resume, from the checkpoint's recorded σ).
+
+    Built by ``plan_private_training``; the training loop reads it for the sampler, the Opacus wrapping, the accountant's steps and
+    the privacy record, and writes ``checkpoint_state`` into each checkpoint's ``dp`` entry and ``mechanism`` into
+    training.json's ``dp_mechanism``.
+    """
+
+    #: Poisson sampler of privacy units (patients or slices, ``DPConfig.unit``); its ``sample_rate`` q is what the
+    #: accountant composes and its ``expected_batch`` what Opacus normalises the noisy gradient sum by
+    sampler: PoissonSampler
+    #: the DPConfig resolved for this data set's unit count (``DPConfig.for_units``): δ, accountant, clipping norm
+    dp: DPConfig
+    #: ``Generator.private_networks()``: the networks wrapped for DP-SGD, each with its own optimiser
+    networks: tuple[str, ...]
+    #: σ, the per-step noise multiplier the accountant charges for the whole update: ``DPConfig.noise_multiplier``
+    #: or the smallest σ reaching ``DPConfig.epsilon`` over ``TrainConfig.steps`` (``calibrate``); on resume, read
+    #: back from the checkpoint rather than calibrated again
+    sigma: float
+    #: the noise multiplier each private network's release uses so that together they spend ``sigma``
+    #: (``releases_noise``)
+    per_network_sigma: float
+
+    def checkpoint_state(self, accountant: Any) -> dict[str, Any]:
+        """A checkpoint's ``dp`` entry: what resuming needs to continue the same accountant with the same σ."""
+        return {"noise_multiplier": self.sigma, "sample_rate": self.sampler.sample_rate, "delta": self.dp.delta,
+                "history": [list(h) for h in accountant.history]}
+
+    def mechanism(self) -> dict[str, Any]:
+        """training.json's ``dp_mechanism``: how the recorded per-step σ is spent, one Gaussian release per private
+        network (see ``releases_noise``)."""
+        return {"private_networks": list(self.networks), "per_network_noise_multiplier": self.per_network_sigma,
+                "expected_batch": self.sampler.expected_batch, "grad_sample_mode": self.dp.grad_sample_mode}
+
+
+def plan_private_training(generator: Any, optimizers: dict, table: SliceTable, batch_size: int, steps: int,
+                          dp: DPConfig | None, rng: torch.Generator, state: dict | None) -> PrivatePlan | None:
+    """The PrivatePlan of a DP run of ``steps`` steps at expected batch ``batch_size`` (None without DP); ``state``
+    is the checkpoint being resumed, if any."""
+    if dp is None:
+        return None
+    networks = tuple(generator.private_networks())
+    missing = [n for n in networks if n not in optimizers or n not in generator.nets]
+    if not networks or missing:
+        raise PluginError(f"generator {generator.name!r}: private_networks() {list(networks)} must be non-empty "
+                          f"networks with optimisers (missing: {missing})")
+    sampler = PoissonSampler(table, batch_size, dp.unit, rng)
+    resolved = dp.for_units(sampler.n_units)
+    # on resume, reuse the recorded σ rather than re-running the calibration
+    sigma = state["dp"]["noise_multiplier"] if state else calibrate(resolved, sampler.sample_rate, steps)
+    return PrivatePlan(sampler=sampler, dp=resolved, networks=networks, sigma=sigma,
+                       per_network_sigma=releases_noise(sigma, len(networks)))

@@ -45,3 +45,20 @@ def test_forward_noise_spans_data_to_noise(generator):
 @pytest.mark.parametrize("attack", ["secmi", "pia"])
 def test_secmi_and_pia_apply(generator, attack):
     assert get("attacks", attack)().applies_to(generator) is None
+
+
+def test_diffusion_and_flow_are_denoiser_views(generator):
+    from cmraudit import DenoiserView
+
+    assert isinstance(generator, DenoiserView)
+
+
+@pytest.mark.parametrize("name", ["gan", "vae"])
+def test_other_families_are_not_and_secmi_says_why(name):
+    from cmraudit import DenoiserView
+
+    cls = get("generators", name)
+    gen = cls(cls.make_config("smoke"), Conditioning(image_size=16))
+    assert not isinstance(gen, DenoiserView)
+    reason = get("attacks", "secmi")().applies_to(gen)
+    assert "DenoiserView" in reason and "forward_noise, predict_x0_and_noise" in reason
