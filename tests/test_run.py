@@ -49,6 +49,15 @@ def test_run_folder_records_everything_and_isolates_failures(fakes, tmp_path):
     assert attacks["needs-whitebox"] == {**attacks["needs-whitebox"], "status": "skipped",
                                          "reason": "this generator exposes no discriminator"}
     assert models["fast-tiny"]["metrics"]["known-utility"]["values"]["tstr_dice"]["value"] == 0.8
+    # every finished model carries its verdict over the built-in policy, every MIA attack its own, with reasons
+    from cmraudit.gate import judge_attack, load_policy
+
+    verdict = models["fast-tiny"]["verdict"]
+    assert verdict["outcome"] in ("pass", "fail", "inconclusive") and verdict["policy"] == "built-in policy"
+    assert {r["rule"] for r in verdict["rules"]} >= {"max_mia_auc", "min_tstr_dice"}
+    mia = attacks["known-mia"]
+    assert mia["verdict"]["verdict"] == judge_attack(mia, load_policy(None)).verdict and mia["verdict"]["reason"]
+    assert "verdict" not in attacks["known-mem"] and "verdict" not in models["crash-tiny"]
     # DP variant: its accountant's epsilon is recorded and within the target
     dp = models["fast-tiny-dp2"]["training"]["dp"]
     assert 0 < dp["epsilon"] <= 2.0 + 1e-6 and dp["unit"] == "patient" and dp["accountant"] == "rdp"

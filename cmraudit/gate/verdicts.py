@@ -60,6 +60,24 @@ def evaluate(doc: dict[str, Any], policy: Policy) -> list[RuleResult]:
     return out + checked
 
 
+def judge_model(name: str, model: dict[str, Any], policy: Policy) -> list[RuleResult]:
+    """The policy's rules for one model record (as ``evaluate`` judges it inside a whole document)."""
+    return _model_rules(name, model, policy.for_model(name))
+
+
+def judge_attack(attack: dict[str, Any], policy: Policy, model: str = "") -> RuleResult | None:
+    """One MIA attack's own verdict against the policy's ``max_mia_auc`` (None for other kinds, or without that
+    rule), so results.json can say per attack whether it passes, fails or could not tell."""
+    settings = policy.for_model(model)
+    threshold = settings.get("max_mia_auc", False)
+    if attack.get("kind", "mia") != "mia" or attack.get("status") != "ok" or threshold is False:
+        return None
+    measured = rule_for("max_mia_auc")({"attacks": {"attack": attack}}, settings)
+    verdict, reason = judge("max_mia_auc", measured, _num(threshold, "max_mia_auc"))
+    reason = reason.split("; ", 1)[-1]  # the part about this attack's CI, without "worst: ..."
+    return RuleResult("max_mia_auc", model, verdict, measured.value, float(threshold), reason, measured.interval)
+
+
 def _active_rules(settings: dict[str, Any]) -> list[tuple[str, Any]]:
     """(rule key, threshold) of every rule the settings turn on; table rules as ``min_fidelity.coverage``."""
     active = [(k, v) for k, v in settings.items() if k in SCALAR_RULES and v is not False]
@@ -96,7 +114,7 @@ def judge(rule: str, measured: Measurement, threshold: float) -> tuple[str, str]
     lower, upper = measured.interval
     worst, best = (upper, lower) if upper_bound else (lower, upper)
     if safe(worst):
-        return "pass", measured.reason
+        return "pass", f"{measured.reason}; the whole 95% CI [{lower:.3f}, {upper:.3f}] is within {threshold:g}"
     if not safe(best):
         return "fail", f"{measured.reason}; the whole 95% CI [{lower:.3f}, {upper:.3f}] is beyond {threshold:g}"
     return "inconclusive", (f"{measured.reason}; the 95% CI [{lower:.3f}, {upper:.3f}] contains {threshold:g}: "

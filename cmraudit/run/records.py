@@ -59,6 +59,7 @@ class ModelRecords:
             entry["stages"][later] = False
         if stage == STAGES[-1]:
             entry["status"] = "ok"
+            record_verdicts(model, entry)
         self.save()
 
     def fail(self, model: str, stage: str, message: str) -> str:
@@ -84,6 +85,29 @@ class ModelRecords:
         done = all(self.entry(n)["status"] in ("ok", "failed") for n in models)
         self.doc["status"] = "complete" if done else "running"
         self.save()
+
+
+def record_verdicts(model: str, entry: dict[str, Any]) -> None:
+    """Each MIA attack's verdict, and the model's over every rule, against the built-in policy (pass, fail or
+    inconclusive, with the reason), so results.json says what the audit could and could not show.
+    ``cmraudit gate --policy`` judges again with another policy."""
+    from ..gate import judge_attack, judge_model, load_policy, model_outcomes
+
+    policy = load_policy(None)
+    for attack in entry["attacks"].values():
+        verdict = judge_attack(attack, policy, model)
+        attack.pop("verdict", None)
+        if verdict is not None:
+            attack["verdict"] = _verdict_record(verdict, policy.source)
+    rules = judge_model(model, entry, policy)
+    entry["verdict"] = {"outcome": model_outcomes(rules).get(model, "fail"), "policy": policy.source,
+                        "rules": [_verdict_record(r) for r in rules]}
+
+
+def _verdict_record(rule: Any, policy: str | None = None) -> dict[str, Any]:
+    record = {"rule": rule.rule, "verdict": rule.verdict, "value": rule.value, "threshold": rule.threshold,
+              "ci": list(rule.interval) if rule.interval else None, "reason": rule.reason}
+    return {**record, "policy": policy} if policy else record
 
 
 def record_baselines(doc: dict[str, Any], values: dict[str, Any]) -> None:
