@@ -20,11 +20,15 @@ def generator_class(spec: ModelSpec) -> type[Generator]:
     return get("generators", spec.generator)
 
 
-def build_generator(config: RunConfig, spec: ModelSpec) -> Generator:
-    """A fresh, untrained generator with the profile's settings and the run's overrides for this model."""
+def build_generator(config: RunConfig, spec: ModelSpec, seed: int | None = None) -> Generator:
+    """A fresh, untrained generator with the profile's settings and the run's overrides for this model, its
+    initial weights fixed by ``seed`` (default: the run's seed) so that a run is reproducible."""
+    from ..training.checkpoint import seeded_init
+
     cls = generator_class(spec)
     gconfig = cls.make_config(config.profile, config.generator_overrides(spec))
-    return cls(gconfig, Conditioning(int(config.image_size)))
+    with seeded_init(config.seed if seed is None else seed):
+        return cls(gconfig, Conditioning(int(config.image_size)))
 
 
 def load_generator(model_dir: Path, device: str) -> Generator:

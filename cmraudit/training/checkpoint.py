@@ -5,10 +5,11 @@ loads with ``torch.load(weights_only=True)``: opening a run folder never execute
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -97,3 +98,17 @@ def seed_everything(seed: int, sampler: torch.Generator) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Build networks inside this block: their random initialisation comes from torch's global RNG seeded with
+    ``seed``, and the caller's global RNG state is restored afterwards.
+
+    ``train`` seeds its draws only once the networks exist, and torch seeds its global RNG differently in every
+    process, so without this the initial weights (and everything after them) differ between two runs of one
+    command.
+    """
+    with torch.random.fork_rng(devices=[]):  # networks are built on the CPU, then moved
+        torch.manual_seed(seed)
+        yield
