@@ -55,6 +55,7 @@ def _nearest_synthetic(ctx: AuditContext, table) -> np.ndarray:
 
 class GanLeaks(Attack):
     name = "gan-leaks"
+    reads_samples_only = True
     description = "Distance to the nearest synthetic image (full black-box; needs only the samples)."
     reference = "Chen et al. 2020, GAN-Leaks: A Taxonomy of Membership Inference Attacks against Generative Models"
 
@@ -66,6 +67,7 @@ class GanLeaks(Attack):
 
 class GanLeaksCalibrated(Attack):
     name = "gan-leaks-cal"
+    reads_samples_only = True
     description = ("GAN-Leaks calibrated: distance to the nearest synthetic image minus the distance to the nearest "
                    "reference patient's image, so atypical images are not mistaken for non-members.")
     reference = GanLeaks.reference
@@ -84,6 +86,7 @@ class GanLeaksCalibrated(Attack):
 
 class MonteCarlo(Attack):
     name = "monte-carlo"
+    reads_samples_only = True
     description = ("Share of synthetic images within an ε-ball of the query; ε is the median over reference images "
                    "of the distance to their k-th nearest synthetic image.")
     reference = ("Hilprecht et al. 2019, Monte Carlo and Reconstruction Membership Inference Attacks against "
@@ -112,6 +115,7 @@ def _reduce(fit: torch.Tensor, *others: torch.Tensor, dim: int) -> list[np.ndarr
 
 class Domias(Attack):
     name = "domias"
+    reads_samples_only = True
     description = ("Density ratio p_synthetic(x) / p_reference(x) with Gaussian KDEs in a PCA space fitted on "
                    "reference patients (in-domain encoder features when available, else pixels).")
     reference = ("van Breugel et al. 2023, Membership Inference Attacks against Synthetic Data through Overfitting "

@@ -77,6 +77,7 @@ def _second_smallest(d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 class Memorization(Attack):
     name = "memorization"
     kind = "memorization"
+    reads_samples_only = True
     description = ("Nearest training vs held-out patient for every synthetic image (pixel, near-copy robust to "
                    "shifts/flips/intensity, and encoder space): DCR share, memorisation ratio d1/d2 < 1/3, "
                    "memorised patients, closest pairs.")

@@ -229,13 +229,18 @@ class DenoiserView(Protocol):
 # --------------------------------------------------------------------------------------------------- splits
 @dataclass
 class Split:
-    """Patient ids per role. A patient is in exactly one role. Deterministic from the seed."""
+    """Patient ids per role. A patient is in exactly one role. Deterministic from the seed.
+
+    Canary patients (``canaries_in`` trained on, ``canaries_out`` not) come from a separate canary data set: they
+    are training data, never reported as real patients, and audited apart (see ``cmraudit.run.canaries``)."""
 
     members: list[str]
     nonmembers: list[str]
     reference: list[str]
     test: list[str]
     seed: int = 0
+    canaries_in: list[str] = field(default_factory=list)
+    canaries_out: list[str] = field(default_factory=list)
 
     ROLES: ClassVar[tuple[str, ...]] = ("members", "nonmembers", "reference", "test")
 
@@ -244,9 +249,11 @@ class Split:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Split":
-        return cls(**{k: d[k] for k in ("members", "nonmembers", "reference", "test", "seed")})
+        canaries = {k: d.get(k, []) for k in ("canaries_in", "canaries_out")}  # absent in splits made without
+        return cls(**{k: d[k] for k in ("members", "nonmembers", "reference", "test", "seed")}, **canaries)
 
     def role_of(self) -> dict[str, str]:
+        """Real patient -> role (canaries are not real patients and have no role)."""
         return {p: role for role in self.ROLES for p in getattr(self, role)}
 
 
@@ -349,6 +356,10 @@ class Attack(abc.ABC):
     #: True for attacks that train shadow generators (K times a model's training time): the ``mia`` and ``all``
     #: groups include them only on the standard profile; naming the attack runs it on any profile
     trains_shadows: ClassVar[bool] = False
+    #: True for attacks that see the model only through ``ctx.synthetic`` (samples-only and distance attacks): the
+    #: run then also scores a set that cannot leak in its place (the test patients' own real slices), the split's
+    #: null baseline, so a reader sees how much of the AUC the draw of patients explains
+    reads_samples_only: ClassVar[bool] = False
 
     @classmethod
     def profile_config(cls, profile: str) -> dict[str, Any]:

@@ -259,3 +259,178 @@ def _json_ready(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
+
+
+# ------------------------------------------------------------------------------------- audit power and canaries
+DEFAULT_GUESS_FRACTIONS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+
+
+def _z(q: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(q))
+
+
+def null_auc_sd(n_members: float, n_nonmembers: float) -> float:
+    """Standard deviation of the AUC of ``n_members`` and ``n_nonmembers`` independent units (patients or
+    canaries) when members and non-members are exchangeable (no leakage): √((n₁ + n₂ + 1) / (12 n₁ n₂)), the
+    Mann–Whitney U null variance divided by (n₁ n₂)² (Hanley & McNeil 1982). Without ties it is exact and does not
+    depend on the attack. Count patients, not slices: slices of one patient are not independent.
+    """
+    n1, n2 = float(n_members), float(n_nonmembers)
+    if not (n1 >= 1 and n2 >= 1):
+        raise ValueError(f"need at least one member and one non-member (got {n_members} and {n_nonmembers})")
+    return math.sqrt((n1 + n2 + 1) / (12 * n1 * n2))
+
+
+def ruled_out_auc(n_members: float, n_nonmembers: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest AUC an audit of that many independent units rules out with probability ``power`` when the model
+    does not leak: 0.5 + (z_{1−α/2} + z_power) · SD₀, SD₀ = :func:`null_auc_sd` (2.80 · SD₀ for the defaults).
+
+    "Rules out a" means the upper end of the two-sided (1 − α) confidence interval, AUĈ + z_{1−α/2} · SD₀, lies
+    below a. With no leakage AUĈ ≈ N(0.5, SD₀²), so this happens with probability Φ((a − 0.5) / SD₀ − z_{1−α/2}),
+    which is at least ``power`` exactly when a ≥ 0.5 + (z_{1−α/2} + z_power) · SD₀: the usual sample-size
+    formula, the two-sided interval's upper bound on the CI's own scale. It uses the normal approximation and the
+    null SD for the interval's width (the bootstrap CI of :func:`auc_ci` is close to it for a non-leaking model).
+    A one-sided 95% bound is ``alpha=0.10`` (z = 1.645, the convention of a one-sided table: (1.645 + 0.84) · SD₀).
+    """
+    if not (0 < alpha < 1 and 0 < power < 1):
+        raise ValueError("alpha and power must lie strictly between 0 and 1")
+    return 0.5 + (_z(1 - alpha / 2) + _z(power)) * null_auc_sd(n_members, n_nonmembers)
+
+
+def units_needed(target_auc: float, nonmember_ratio: float = 0.5, alpha: float = 0.05,
+                 power: float = 0.8) -> tuple[int, int]:
+    """Smallest (members, non-members), non-members = ⌈ratio · members⌉, whose audit rules out ``target_auc``
+    (:func:`ruled_out_auc` ≤ target) with probability ``power`` when the model does not leak.
+
+    ``nonmember_ratio`` is non-members per member: 0.5 for the default patient split (40% members, 20%
+    non-members, e.g. 24 : 12), 1.0 for canaries (each in with probability ½, so on average half in, half out; a
+    canary audit of m canaries is (m/2, m/2)). The counts are independent units: patients or canaries.
+    """
+    if not target_auc > 0.5:
+        raise ValueError(f"target AUC must exceed 0.5, the AUC of no leakage (got {target_auc})")
+    if target_auc > 1:
+        raise ValueError(f"an AUC cannot exceed 1 (got {target_auc})")
+    if not nonmember_ratio > 0:
+        raise ValueError(f"nonmember_ratio must be positive (got {nonmember_ratio})")
+
+    def pair(n1: int) -> tuple[int, int]:
+        return n1, max(1, math.ceil(nonmember_ratio * n1 - 1e-9))
+
+    def enough(n1: int) -> bool:  # SD₀ falls as n1 grows (and n2 with it), so this is monotone
+        return ruled_out_auc(*pair(n1), alpha, power) <= target_auc
+
+    hi = 1
+    while not enough(hi):
+        hi *= 2
+    lo = hi // 2  # not enough (or 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return pair(hi)
+
+
+def _one_run_p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
+    """P-value of ≥ v correct out of r guesses on m canaries under (ε, δ)-DP (Steinke et al. 2023, main theorem):
+    P[W ≥ v] + 2mδ · max_{i=1..v} P[v − i ≤ W < v] / i, W ~ Binomial(r, eᵋ / (1 + eᵋ))."""
+    from scipy.stats import binom
+
+    q = 1.0 / (1.0 + math.exp(-eps))
+    tail = float(binom.sf(v - 1, r, q))
+    if delta > 0 and v > 0:
+        below = np.cumsum(binom.pmf(np.arange(v - 1, -1, -1), r, q))  # P[v − i ≤ W < v] for i = 1..v
+        tail += 2 * m * delta * float(np.max(below / np.arange(1, v + 1)))
+    return min(tail, 1.0)
+
+
+def one_run_eps_from_counts(r: int, v: int, beta: float = 0.05, delta: float = 0.0, m: int | None = None) -> float:
+    """ε lower bound at confidence 1 − ``beta`` from v correct out of r guesses (Steinke, Nasr & Jagielski,
+    "Privacy Auditing with One (1) Training Run", NeurIPS 2023): the largest ε with
+    P[Binomial(r, eᵋ / (1 + eᵋ)) ≥ v] ≤ beta, 0 when even ε = 0 is not rejected.
+
+    δ = 0 (the default): P[Binomial(r, p) ≥ v] is the Beta(v, r − v + 1) CDF at p, increasing in p, so the root is
+    exactly p = Beta.ppf(beta, v, r − v + 1), the one-sided (1 − beta) Clopper–Pearson lower limit of v / r
+    (:func:`clopper_pearson` at level 2·beta), and ε = log(p / (1 − p)). No numerical root finding: this is exact.
+
+    δ > 0: the paper's theorem adds 2mδ · max_{i=1..v} P[v − i ≤ W < v] / i to the p-value (m = the number of
+    canaries, default r); the root in ε is then found with scipy's brentq. The added term is at most 2mδ (2% of
+    the p-value's scale for m = 10³, δ = 10⁻⁵) and usually far smaller, but it is not always negligible against a
+    union-corrected beta, so pass ``delta`` when the mechanism is (ε, δ)-DP rather than dismissing it.
+    """
+    r, v = int(r), int(v)
+    if not (0 <= v <= r):
+        raise ValueError(f"need 0 <= correct <= guesses (got {v} of {r})")
+    if not 0 < beta < 1:
+        raise ValueError(f"beta must lie strictly between 0 and 1 (got {beta})")
+    if not 0 <= delta <= 1:
+        raise ValueError(f"delta must lie in [0, 1] (got {delta})")
+    m = r if m is None else int(m)
+    if m < r:
+        raise ValueError(f"cannot make {r} guesses on {m} canaries")
+    if r == 0 or v == 0:
+        return 0.0
+    if delta == 0:
+        p = float(clopper_pearson(v, r, 2 * beta)[0])
+        return math.log(p / (1 - p)) if p > 0.5 else 0.0
+    from scipy.optimize import brentq
+
+    def excess(eps: float) -> float:
+        return _one_run_p_value(m, r, v, eps, delta) - beta
+
+    if excess(0.0) >= 0:
+        return 0.0
+    hi = 1.0
+    while excess(hi) < 0:
+        hi *= 2
+        if hi > 1e3:  # P[Binomial(r, ~1) ≥ v] → 1 long before this
+            return float("inf")
+    return float(brentq(excess, 0.0, hi, xtol=1e-10))
+
+
+def one_run_eps_lower_bound(scores: np.ndarray, included: np.ndarray, beta: float = 0.05,
+                            guess_fractions: tuple[float, ...] = DEFAULT_GUESS_FRACTIONS, delta: float = 0.0,
+                            seed: int = 0) -> dict[str, Any]:
+    """One-run ε lower bound (Steinke, Nasr & Jagielski 2023) from m canaries, each included in training
+    independently with probability ½: ``scores`` (m,) one score per canary (higher = more likely included),
+    ``included`` (m,) bool.
+
+    For each guess fraction f of the pre-registered grid the auditor guesses "in" for the k highest and "out" for
+    the k lowest scores, k = round(f · m / 2) (at most m // 2), abstaining on the rest: r = 2k guesses, v correct,
+    bound :func:`one_run_eps_from_counts` at confidence 1 − β/len(grid). A union bound over the grid makes the
+    largest of them a valid bound at confidence 1 − β; it is returned with the r, v and f that gave it.
+
+    The fractions must be fixed before the scores are seen (which is why the grid is an argument, not searched);
+    the bound is invalid if the canaries' inclusion was not an independent fair coin per canary or the scores used
+    ``included``. Ties are broken by a random permutation seeded by ``seed`` (a fixed order would let the
+    canaries' index order, which may follow ``included``, decide the guesses); the random tie-break is a
+    post-processing independent of ``included``, so the bound stays valid. ``delta`` = 0 is the (ε, 0) form of the
+    theorem; see :func:`one_run_eps_from_counts` for what δ > 0 adds.
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    z = np.asarray(included).ravel()
+    if s.size != z.size or s.size == 0:
+        raise ValueError(f"need one inclusion flag per score (got {s.size} scores and {z.size} flags)")
+    if not np.isfinite(s).all():
+        raise ValueError("canary scores must be finite")
+    if z.dtype != bool:
+        if not np.isin(z, (0, 1)).all():
+            raise ValueError("included must be boolean (or 0/1)")
+        z = z.astype(bool)
+    fractions = tuple(float(f) for f in guess_fractions)
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        raise ValueError("guess fractions must lie in (0, 1]")
+    m = s.size
+    perm = np.random.default_rng(seed).permutation(m)
+    order = perm[np.argsort(s[perm], kind="stable")]  # ascending; ties in random order
+    beta_each = beta / len(fractions)
+    best: dict[str, Any] = {"epsilon": 0.0, "guesses": 0, "correct": 0, "fraction": fractions[0]}
+    for f in fractions:
+        k = min(int(math.floor(f * m / 2 + 0.5)), m // 2)
+        if k == 0:
+            continue
+        v = int(z[order[m - k:]].sum() + (~z[order[:k]]).sum())
+        eps = one_run_eps_from_counts(2 * k, v, beta_each, delta, m)
+        if eps > best["epsilon"] or best["guesses"] == 0:
+            best = {"epsilon": eps, "guesses": 2 * k, "correct": v, "fraction": f}
+    return {**best, "beta": float(beta), "delta": float(delta), "canaries": int(m)}

@@ -25,7 +25,7 @@ from cmraudit.run.folder import RunFolder
 
 from .galleries import DcrSection, GallerySection, MemorisationSection, ReplaySection, RocSection
 from .page import Cell, Report, environment, fmt
-from .sections import ComparisonSection, ConfigSection, PrivacySection, SummarySection
+from .sections import ComparisonSection, ConfigSection, PrivacySection, SummarySection, VerdictSection
 
 
 class ReportSource(Protocol):
@@ -69,7 +69,7 @@ def write_report(run: ReportSource | Path | str, path: Path | str | None = None,
     return target
 
 
-BUILT_IN_SECTIONS = (SummarySection, ComparisonSection, RocSection, DcrSection, GallerySection, MemorisationSection,
+BUILT_IN_SECTIONS = (SummarySection, VerdictSection, ComparisonSection, RocSection, DcrSection, GallerySection, MemorisationSection,
                      ReplaySection, PrivacySection, ConfigSection)
 
 

@@ -118,6 +118,48 @@ def _attack_cell(entry: dict | None) -> Cell:
     return Cell(f"failed: {entry.get('error')}", "fail")
 
 
+class VerdictSection(ReportSection):
+    name = "verdicts"
+    title = "Membership verdicts and the power behind them"
+    order = 15
+
+    def render(self, report) -> str:
+        rows = []
+        for model, entry in report.models.items():
+            claimed = ((entry.get("training") or {}).get("dp") or {}).get("epsilon")
+            for name, attack in (entry.get("attacks") or {}).items():
+                if attack.get("status") != "ok" or attack.get("kind", "mia") != "mia":
+                    continue
+                null, canaries = attack.get("null") or {}, attack.get("canaries") or {}
+                verdict = attack.get("verdict") or {}
+                one_run = (canaries.get("one_run_eps") or {}).get("epsilon")
+                eps_cell = Cell("–", "muted") if one_run is None else Cell(
+                    f"{fmt(one_run)}" + (f" (accountant {fmt(claimed)})" if claimed is not None else ""),
+                    "fail" if claimed is not None and one_run > claimed else "")
+                rows.append([model, name, f"{fmt(attack.get('auc'))} {fmt(attack.get('auc_ci'))}",
+                             _side_cell(null), _side_cell(canaries), eps_cell,
+                             Cell(verdict.get("verdict", "–"), {"pass": "ok", "fail": "fail"}.get(
+                                 verdict.get("verdict"), "muted")), verdict.get("reason", "")])
+        if not rows:
+            return report.note("No membership attack finished.")
+        table = report.part("table", ["model", "attack", "patients: AUC [95% CI]", "null baseline (no leak possible)",
+                                      "canaries: AUC [95% CI]", "canary ε lower bound", "verdict", "why"], rows)
+        return table + report.note(
+            "The null baseline is the attack's AUC when the test patients' own real slices stand in for the "
+            "synthetic set: nothing can leak, so any distance from 0.5 is the draw of this split, shared by every "
+            "model audited on it. Canaries are extra patients each trained on with probability ½; their audit has "
+            "the power the real patients lack, and its one-run ε lower bound (Steinke et al. 2023) must stay at or "
+            "below a DP model's ε.")
+
+
+def _side_cell(block: dict) -> Cell:
+    if not block:
+        return Cell("–", "muted")
+    if block.get("status") != "ok":
+        return Cell(f"failed: {block.get('error')}", "fail")
+    return Cell(f"{fmt(block.get('auc'))} {fmt(block.get('auc_ci'))}")
+
+
 def _plugin_rows(report) -> list[list[Any]]:
     seen: dict[str, list[Any]] = {}
     for entry in report.models.values():

@@ -154,7 +154,7 @@ def tiny_config(out: Path, **changes):
     """A smoke-profile RunConfig on the tiny data: 20 patients, the fast generator, known attacks and metrics."""
     from cmraudit.run.config import ModelSpec, RunConfig
 
-    values = dict(out=out, data="tinyrun:20", profile="smoke", image_size=16, dp_pretrain="phantom:8,seed=1",
+    values = dict(out=out, data="tinyrun:20", profile="smoke", image_size=16, dp_pretrain="phantom:8,seed=1", canaries=0,
                   models=[ModelSpec("fast-tiny", "fast-tiny")],
                   attacks=["known-mia", "known-mem"], metrics=["known-utility", "known-fidelity"])
     values.update(changes)

@@ -212,7 +212,9 @@ def test_cli_run_then_gate(fakes, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run", "--out", str(out)])
     assert read_toml(out / "config.toml")["model"] == [{"name": "fast-tiny", "generator": "fast-tiny"}]
-    assert fakes.CALLS["known-mia"] == 1
+    assert fakes.CALLS["known-mia"] == 2  # once on the patients, once on the smoke profile's 16 canaries; not again
+    canaries = R.load(out)["models"]["fast-tiny"]["attacks"]["known-mia"]["canaries"]
+    assert canaries["status"] == "ok" and canaries["n_in"] + canaries["n_out"] == 16
     policy = tmp_path / "policy.toml"
     policy.write_text("max_mia_auc = 0.6\nmin_tstr_dice = 0.7\n")
     with pytest.raises(SystemExit) as exit_info:  # known-mia separates members perfectly: AUC 1 fails
@@ -225,7 +227,7 @@ def test_cli_run_then_gate(fakes, tmp_path, capsys):
     # the stage commands work on the folder; a report option on one of them is a usage error (exit 2)
     with pytest.raises(SystemExit) as exit_info:
         main(["audit", str(out), "--force"])
-    assert exit_info.value.code in (0, None) and fakes.CALLS["known-mia"] == 2
+    assert exit_info.value.code in (0, None) and fakes.CALLS["known-mia"] == 4  # re-audited: patients and canaries again
     with pytest.raises(SystemExit) as exit_info:
         main(["train", str(out), "--redact"])
     assert exit_info.value.code == 2

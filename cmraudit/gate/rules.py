@@ -36,27 +36,45 @@ def _attacks(model: dict[str, Any], kind: str) -> tuple[list[tuple[str, dict]], 
     return ok, None
 
 
+def _attack_interval(attack: dict[str, Any]) -> tuple[float, float] | None:
+    """The 95% CI an attack's verdict rests on: the canary audit's when it ran (it has the power), else the real
+    patients'. A leak shown on the real patients still counts: the lower end is the higher of the two."""
+    real = attack.get("auc_ci") or [None, None]
+    canaries = attack.get("canaries") or {}
+    canary_ci = (canaries.get("auc_ci") or [None, None]) if canaries.get("status") == "ok" else [None, None]
+    if canary_ci[0] is not None and canary_ci[1] is not None:
+        lower = max(float(canary_ci[0]), float(real[0])) if real[0] is not None else float(canary_ci[0])
+        return lower, float(canary_ci[1])
+    if real[0] is None or real[1] is None:
+        return None
+    return float(real[0]), float(real[1])
+
+
 def mia_auc(model: dict[str, Any], settings: dict[str, Any]) -> Measurement:
-    """Worst membership-inference AUC over the MIA attacks: its CI upper bound (``auc_on = "ci_upper"``, the
-    default) with the CI, or the point AUC (``"point"``)."""
+    """Worst membership-inference AUC over the MIA attacks: on its 95% CI (``auc_on = "ci_upper"``, the default;
+    the canaries' CI where the run has canaries, see ``_attack_interval``) or the point AUC (``"point"``)."""
     attacks, why = _attacks(model, "mia")
     if why:
         return Measurement(None, why)
-    on_ci = settings.get("auc_on", "ci_upper") == "ci_upper"
-    values, lowers = [], []
-    for name, attack in attacks:
-        ci = attack.get("auc_ci") or [None, None]
-        value = ci[1] if on_ci else attack.get("auc")
-        if value is None or (on_ci and ci[0] is None):
-            return Measurement(None, f"{name}: no {'AUC CI' if on_ci else 'AUC'} recorded")
-        values.append((float(value), name))
-        lowers.append(float(ci[0]) if on_ci else float(value))
-    value, name = max(values)
-    if not on_ci:
+    if settings.get("auc_on", "ci_upper") != "ci_upper":
+        values = [(a.get("auc"), n) for n, a in attacks]
+        missing = [n for v, n in values if v is None]
+        if missing:
+            return Measurement(None, f"{missing[0]}: no AUC recorded")
+        value, name = max((float(v), n) for v, n in values)
         return Measurement(value, f"worst: {name} (AUC)")
+    intervals = []
+    for name, attack in attacks:
+        interval = _attack_interval(attack)
+        if interval is None:
+            return Measurement(None, f"{name}: no AUC CI recorded")
+        intervals.append((interval, name))
+    (_, upper), name = max(intervals, key=lambda i: i[0][1])
+    on = "canaries'" if (dict(attacks)[name].get("canaries") or {}).get("status") == "ok" else "patients'"
     # a pass needs every attack's CI below the threshold (the highest upper bound decides); a fail needs one
     # attack's whole CI above it (the highest lower bound decides)
-    return Measurement(value, f"worst: {name} (CI upper bound)", (max(lowers), value))
+    return Measurement(upper, f"worst: {name} (upper bound of the {on} 95% CI)",
+                       (max(i[0][0] for i in intervals), upper))
 
 
 def tpr_at_fpr(model: dict[str, Any], settings: dict[str, Any]) -> Measurement:
@@ -93,6 +111,23 @@ def memorised_share(model: dict[str, Any], settings: dict[str, Any]) -> Measurem
         return Measurement(None, "no memorisation attack recorded a memorised-patient share")
     value, name = max(values)
     return Measurement(value, f"worst: {name}")
+
+
+def dp_audit_consistent(model: dict[str, Any]) -> Measurement | None:
+    """A DP model's canary audit against its accountant: the one-run ε lower bound (Steinke et al. 2023) must not
+    exceed the ε the accountant claims; if it does, the DP implementation (clipping, noise, accounting or sampling)
+    is wrong. None for models without DP or without canaries (nothing to check)."""
+    claimed = ((model.get("training") or {}).get("dp") or {}).get("epsilon")
+    bounds = [((a.get("canaries") or {}).get("one_run_eps") or {}).get("epsilon") for a in
+              (model.get("attacks") or {}).values() if a.get("status") == "ok"]
+    bounds = [float(b) for b in bounds if b is not None]
+    if claimed is None or not bounds:
+        return None
+    worst = max(bounds)
+    if worst > claimed:
+        return Measurement(worst, f"DP IMPLEMENTATION ERROR: the canary audit shows ε ≥ {worst:.2f} with 95% "
+                                  f"confidence, above the accountant's ε = {claimed:.2f}")
+    return Measurement(worst, f"canary one-run ε lower bound {worst:.2f} ≤ the accountant's ε = {claimed:.2f}")
 
 
 def epsilon(model: dict[str, Any], settings: dict[str, Any]) -> Measurement:

@@ -15,7 +15,7 @@ from xml.etree import ElementTree as ET
 
 from ..errors import ConfigError
 from .policy import SCALAR_RULES, TABLE_RULES, Policy
-from .rules import Measurement, rule_for
+from .rules import Measurement, dp_audit_consistent, rule_for
 
 VERDICTS = ("pass", "fail", "inconclusive")
 #: ``cmraudit gate``'s exit code per overall outcome
@@ -88,6 +88,11 @@ def _active_rules(settings: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def _model_rules(name: str, model: dict[str, Any], settings: dict[str, Any]) -> list[RuleResult]:
     out = []
+    dp_audit = dp_audit_consistent(model) if model.get("status") == "ok" else None
+    if dp_audit is not None:  # always on: no policy may accept a DP guarantee its own audit refutes
+        claimed = float(model["training"]["dp"]["epsilon"])
+        verdict = "pass" if dp_audit.value is not None and dp_audit.value <= claimed else "fail"
+        out.append(RuleResult("dp_audit", name, verdict, dp_audit.value, claimed, dp_audit.reason))
     for rule, threshold in _active_rules(settings):
         threshold = _num(threshold, rule)
         if model.get("status") != "ok":

@@ -21,6 +21,7 @@ from ..errors import ConfigError, RunError
 from ..io import atomic_write_text
 from .audit_stage import audit_model
 from .builders import generator_class, resolve_device
+from .canaries import canary_spec, check_disjoint, draw_canaries
 from .checks import check_config
 from .config import ModelSpec, RunConfig, merge_layers, read_toml, to_toml
 from .events import Progress, ProgressEvent, no_progress
@@ -43,6 +44,7 @@ class AuditRun:
         self._table: SliceTable | None = None
         self._public_table: SliceTable | None = None
         self._split: Split | None = None
+        self._canaries: tuple[SliceTable, list[str], list[str]] | None = None
         self._device: str | None = None
 
     # -------------------------------------------------------------------------------------------------- set-up
@@ -73,6 +75,10 @@ class AuditRun:
         start_over = self._merge_existing_config()
         atomic_write_text(self.folder.config_path, to_toml(self.config.to_toml_dict()))
         data = data_block(self.table, self.split, self.config.data, self.config.image_size)
+        if self.canary_table is not None:
+            data["canaries"] = {"source": canary_spec(self.config), "patients": len(self.split.canaries_in) +
+                                len(self.split.canaries_out), "in": len(self.split.canaries_in),
+                                "out": len(self.split.canaries_out), "slices": len(self.canary_table)}
         path = self.folder.results_path
         if path.exists() and not start_over:
             doc = R.load(path)
@@ -122,6 +128,29 @@ class AuditRun:
             self._table = self._load(self.config.data, "data source")
         return self._table
 
+    @property
+    def canary_table(self) -> SliceTable | None:
+        """The canary patients' slices (None when the run has no canaries)."""
+        if not self.split.canaries_in and not self.split.canaries_out:
+            return None
+        table, drawn_in, drawn_out = self._drawn_canaries()
+        if (drawn_in, drawn_out) != (self.split.canaries_in, self.split.canaries_out):
+            raise RunError(f"{self.folder.split_path}: its canaries are not those {canary_spec(self.config)!r} gives "
+                           f"with seed {self.config.seed}")
+        return table
+
+    def _drawn_canaries(self) -> tuple[SliceTable, list[str], list[str]]:
+        if self._canaries is None:
+            source = self._load(canary_spec(self.config), "canary data", " (canaries)")
+            drawn = draw_canaries(source, self.config.canaries, self.config.canary_slices, self.config.seed)
+            check_disjoint(drawn[0], ("audited data", self.table),
+                           *([("public pretraining data", self.public_table)] if self._uses_public_data() else []))
+            self._canaries = drawn
+        return self._canaries
+
+    def _uses_public_data(self) -> bool:
+        return self.config.dp_pretrain != "none" and any(m.dp_epsilon is not None for m in self.config.models)
+
     def _load(self, spec: str, what: str, note: str = "") -> SliceTable:
         self.progress(ProgressEvent("data", message=f"loading {spec}{note}"))
         table = open_source(spec).load(int(self.config.image_size))
@@ -142,6 +171,8 @@ class AuditRun:
                 split = make_split(self.table, seed=self.config.seed, fractions=self.config.split or None)
                 if not split.members or not split.nonmembers:
                     raise ConfigError(f"{self.config.data!r} has too few patients for members and non-members")
+                if self.config.canaries:
+                    _, split.canaries_in, split.canaries_out = self._drawn_canaries()
                 save_split(split, path)
             self._split = split
         return self._split

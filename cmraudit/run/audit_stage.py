@@ -1,5 +1,9 @@
 """The audit stage: every selected attack and metric against one sampled model.
 
+Each membership attack runs up to three times: on the real patients (the audit), on the canaries (an audit with
+power, ``cmraudit.run.canaries``), and, for attacks that see only the samples, with the test patients' own real
+slices in place of the synthetic set (the null baseline: what the split's draw alone gives).
+
 Attacks are chosen by ``selection``, summarised by the one shared implementation in ``cmraudit.stats`` (whose score
 files anyone can re-check with scikit-learn), and each result is written to results.json as soon as it exists. An
 attack or metric that raises is recorded as failed with its error, one that does not apply as skipped with its
@@ -7,14 +11,20 @@ reason; neither stops the others.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
+
 from .. import results as R
-from ..api import AuditContext, NotApplicable
+from ..api import AttackResult, AuditContext, NotApplicable
+from ..data.types import SliceTable
 from ..registry import get
-from ..stats import summarize
+from ..stats import aggregate_by_patient, one_run_eps_lower_bound, summarize
 from .builders import generator_label, load_generator
+from .canaries import canary_split
 from .context import fail_model
 from .events import ProgressEvent, describe_error, plugin_label
 from .folder import load_samples, save_scores
@@ -57,16 +67,57 @@ def _guarded(kind: str, name: str, base: dict[str, Any], generator: Any,
     return {**base, **out, "status": "ok", "seconds": round(time.perf_counter() - start, 3)}
 
 
-def run_attack(ctx: "StageContext", audit: AuditContext, name: str) -> dict[str, Any]:
+def run_attack(ctx: "StageContext", audits: "Audits", name: str) -> dict[str, Any]:
+    """One attack on the real patients, then, where they apply, on the canaries and on the split's null set."""
+    audit = audits.real
+
     def work(attack) -> dict[str, Any]:
         result = attack.run(audit)
         summary = summarize(result)  # every number from the one shared implementation
         path = ctx.folder.scores_path(audit.model, name)
         save_scores(result, path)
-        return {**R.jsonable(summary), "level": result.level, "scores": ctx.folder.rel(path),
-                "details": R.jsonable(result.details)}
+        out = {**R.jsonable(summary), "level": result.level, "scores": ctx.folder.rel(path),
+               "details": R.jsonable(result.details)}
+        if audits.canaries is not None and attack.kind == "mia" and not attack.trains_shadows:
+            out["canaries"] = _side_audit(ctx, attack, audits.canaries, f"{name}.canaries", canary_summary)
+        if audits.null is not None and attack.reads_samples_only:
+            out["null"] = _side_audit(ctx, attack, audits.null, f"{name}.null", null_summary)
+        return out
 
     return _guarded("attack", name, {"kind": getattr(get("attacks", name), "kind", "mia")}, audit.generator, work)
+
+
+def _side_audit(ctx: "StageContext", attack: Any, audit: AuditContext, file_name: str,
+                summary: Callable[[AttackResult], dict[str, Any]]) -> dict[str, Any]:
+    """The attack again on another context (canaries, null set), its scores saved beside the main ones. A crash
+    here is recorded in the block, not against the attack's main result."""
+    try:
+        result = attack.run(audit)
+        path = ctx.folder.scores_path(audit.model, file_name)
+        save_scores(result, path)
+        return {**R.jsonable(summary(result)), "status": "ok", "scores": ctx.folder.rel(path)}
+    except Exception as exc:
+        return {"status": "failed", "error": describe_error(exc, plugin_label("attack", attack.name, type(attack)))}
+
+
+def canary_summary(result: AttackResult) -> dict[str, Any]:
+    """The canary audit: one score per canary (its slices' mean), AUC with CI and TPR at low FPR over canaries,
+    and the one-run ε lower bound of Steinke et al. 2023."""
+    patient = summarize(result)["patient"]
+    per_canary = [aggregate_by_patient(result.member_scores, result.member_patients),
+                  aggregate_by_patient(result.nonmember_scores, result.nonmember_patients)]
+    scores = np.concatenate([s for s, _ in per_canary])
+    included = np.r_[np.ones(len(per_canary[0][0]), bool), np.zeros(len(per_canary[1][0]), bool)]
+    return {"auc": patient["auc"], "auc_ci": patient["auc_ci"], "tpr_at_fpr": patient["tpr_at_fpr"],
+            "n_in": patient["n_members"], "n_out": patient["n_nonmembers"],
+            "one_run_eps": one_run_eps_lower_bound(scores, included)}
+
+
+def null_summary(result: AttackResult) -> dict[str, Any]:
+    """The split's null baseline: the attack's AUC when a set that cannot leak stands in for the synthetic one."""
+    summary = summarize(result)
+    return {"auc": summary["auc"], "auc_ci": summary["auc_ci"], "patient": {
+        k: summary["patient"][k] for k in ("auc", "auc_ci")}, "synthetic": NULL_SET}
 
 
 def run_metric(audit: AuditContext, name: str) -> dict[str, Any]:
@@ -78,6 +129,30 @@ def run_metric(audit: AuditContext, name: str) -> dict[str, Any]:
 
     return _guarded("metric", name, {"category": getattr(get("metrics", name), "category", "fidelity")},
                     audit.generator, work)
+
+
+#: what stands in for the synthetic set in the null baseline
+NULL_SET = "the test patients' own real slices"
+
+
+@dataclass
+class Audits:
+    """The contexts one model is audited in: the real patients, the canaries (None without), and the null set
+    (None without test patients)."""
+
+    real: AuditContext
+    canaries: AuditContext | None
+    null: AuditContext | None
+
+
+def audit_contexts(ctx: "StageContext", real: AuditContext) -> Audits:
+    canaries = ctx.canary_table
+    canary_audit = None
+    if canaries is not None and ctx.split.canaries_in and ctx.split.canaries_out:
+        canary_audit = dataclasses.replace(real, data=SliceTable.concat([ctx.table, canaries], ctx.table.source),
+                                           split=canary_split(ctx.split))
+    null_audit = dataclasses.replace(real, synthetic=real.test) if ctx.split.test else None
+    return Audits(real, canary_audit, null_audit)
 
 
 def audit_model(ctx: "StageContext", spec: "ModelSpec") -> None:
@@ -97,6 +172,7 @@ def audit_model(ctx: "StageContext", spec: "ModelSpec") -> None:
                          profile=config.profile, seed=config.seed, device=ctx.device,
                          workdir=ctx.folder.model_dir(spec.name), options=config.options,
                          train_shadow=shadow_trainer(ctx, spec))
+    audits = audit_contexts(ctx, audit)
     for name, reason in not_applicable.items():
         cls = get("attacks", name)
         ctx.records.record(spec.name, "attacks", name,
@@ -107,7 +183,7 @@ def audit_model(ctx: "StageContext", spec: "ModelSpec") -> None:
             if _finished(entry[kind].get(name), ctx):
                 continue
             ctx.progress(ProgressEvent("audit", spec.name, "start", f"{kind[:-1]} {name}"))
-            result = run_attack(ctx, audit, name) if kind == "attacks" else run_metric(audit, name)
+            result = run_attack(ctx, audits, name) if kind == "attacks" else run_metric(audit, name)
             ctx.records.record(spec.name, kind, name, result)
             state = result["status"]
             ctx.progress(ProgressEvent("audit", spec.name, "done" if state == "ok" else state, f"{kind[:-1]} {name}"))

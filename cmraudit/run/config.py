@@ -15,6 +15,8 @@ A run.toml looks like::
     metrics = "all"
     mask_source = "reference"       # whose masks condition the synthetic set (never "members" by default)
     dp_pretrain = "phantom:200,seed=1"  # public data the DP variants start from ("none": from scratch)
+    canaries = 100                  # canary patients, each trained on with probability 1/2 (0: none)
+    canary_data = "phantom"         # where canaries come from: the phantom (its own seed) or any data spec
 
     [generator.diffusion]           # overrides of a generator family's Config
     base_channels = 32
@@ -53,8 +55,12 @@ MASK_SOURCES = Split.ROLES
 #: model's samples 0.004 from scratch, 0.84 from phantom pretraining). Phantom seed 1 never shares a patient with
 #: the default phantom (seed 0).
 DEFAULT_DP_PRETRAIN = "phantom:200,seed=1"
+#: canary patients per profile (``canaries``): enough that the canary audit can tell a leaking model from a
+#: private one where the real patients are too few (see cmraudit.run.canaries)
+PROFILE_CANARIES = {"smoke": 16, "quick": 100, "standard": 200}
 #: settings whose change makes an existing run folder's split, checkpoints and scores meaningless
-ESSENTIAL = ("data", "seed", "profile", "image_size", "split", "dp_pretrain")
+ESSENTIAL = ("data", "seed", "profile", "image_size", "split", "dp_pretrain", "canaries", "canary_data",
+             "canary_slices")
 
 
 @dataclass
@@ -112,6 +118,11 @@ class RunConfig:
     device: str = "auto"
     #: data spec of the public pretraining set of DP variants, or "none" (``DEFAULT_DP_PRETRAIN``)
     dp_pretrain: str = DEFAULT_DP_PRETRAIN
+    #: canary patients (None: the profile's number, 0: none), the data spec they are drawn from ("phantom": the
+    #: phantom with its own seed) and how many slices of each are used
+    canaries: int | None = None
+    canary_data: str = "phantom"
+    canary_slices: int = 2
     #: per-family Config overrides shared by every variant of that family
     generator: dict[str, dict[str, Any]] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
@@ -126,6 +137,12 @@ class RunConfig:
             raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
         if self.image_size is None:
             self.image_size = PROFILE_IMAGE_SIZE[self.profile]
+        if self.canaries is None:
+            self.canaries = PROFILE_CANARIES[self.profile]
+        if isinstance(self.canaries, bool) or not isinstance(self.canaries, int) or self.canaries < 0:
+            raise ConfigError(f"canaries must be a number ≥ 0, got {self.canaries!r}")
+        if isinstance(self.canary_slices, bool) or not isinstance(self.canary_slices, int) or self.canary_slices < 1:
+            raise ConfigError(f"canary_slices must be a number ≥ 1, got {self.canary_slices!r}")
         self.dp_pretrain = str(self.dp_pretrain).strip() or "none"
         if self.dp_pretrain.lower() in ("none", "off", "no"):
             self.dp_pretrain = "none"
@@ -152,6 +169,7 @@ class RunConfig:
             "data": self.data, "profile": self.profile, "seed": self.seed, "image_size": self.image_size,
             "attacks": self.attacks, "metrics": self.metrics, "n_samples": self.n_samples,
             "mask_source": self.mask_source, "device": self.device, "dp_pretrain": self.dp_pretrain,
+            "canaries": self.canaries, "canary_data": self.canary_data, "canary_slices": self.canary_slices,
         }
         for key in ("generator", "train", "dp", "split", "options"):
             if getattr(self, key):

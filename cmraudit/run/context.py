@@ -40,6 +40,10 @@ class StageContext(Protocol):
     @property
     def split(self) -> "Split": ...
 
+    @property
+    def canary_table(self) -> "SliceTable | None":  # the canary patients' slices, or None without canaries
+        ...
+
 
 def fail_model(ctx: StageContext, model: str, stage: str, message: str) -> None:
     """Record a crashed stage and say so; later stages of this model are skipped, other models go on."""

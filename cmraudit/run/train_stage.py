@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import results as R
+from ..data.types import SliceTable
 from ..dataclass_config import as_dict
 from ..errors import ConfigError
 from ..training.loop import train
@@ -34,17 +35,28 @@ def train_model(ctx: "StageContext", spec: "ModelSpec") -> None:
         cls = generator_class(spec)
         generator = build_generator(ctx.config, spec)
         tconfig = train_config(ctx.config, cls)
-        members = ctx.table.select_patients(ctx.split.members)
+        members = training_table(ctx)
         pretraining = public_pretraining(ctx, spec, generator, tconfig, model_dir)
         ctx.progress(ProgressEvent("train", spec.name, "start", total=tconfig.steps))
         result = train(generator, members, tconfig, model_dir, dp=dp_config(ctx.config, spec),
                        callback=_train_callback(ctx, spec.name))
-        training = {**training_record(result, generator, tconfig), "public_pretraining": pretraining}
+        training = {**training_record(result, generator, tconfig), "public_pretraining": pretraining,
+                    "canaries": len(ctx.split.canaries_in)}
     except Exception as exc:  # any plugin crash: record it, keep the other models going
         fail_model(ctx, spec.name, "train", describe_error(exc, generator_label(spec)))
         return
     ctx.records.finish(spec.name, "train", family=getattr(cls, "family", "other"), training=training)
     ctx.progress(ProgressEvent("train", spec.name, "done", logs={"seconds": training["seconds"]}))
+
+
+def training_table(ctx: "StageContext") -> "SliceTable":
+    """What a model trains on: the member patients' slices, plus the canaries drawn in (training data like any
+    other, so DP-SGD samples and accounts for them as patients)."""
+    members = ctx.table.select_patients(ctx.split.members)
+    canaries = ctx.canary_table
+    if canaries is None or not ctx.split.canaries_in:
+        return members
+    return SliceTable.concat([members, canaries.select_patients(ctx.split.canaries_in)], source=members.source)
 
 
 def _train_callback(ctx: "StageContext", model: str):
@@ -97,7 +109,7 @@ def shadow_trainer(ctx: "StageContext", spec: "ModelSpec"):
         key = hashlib.sha256(("\n".join(sorted(patients)) + f"|{seed}").encode()).hexdigest()[:12]
         model_dir = ctx.folder.model_dir(spec.name)
         out = model_dir / "shadows" / key
-        generator = build_generator(ctx.config, spec)
+        generator = build_generator(ctx.config, spec, seed)  # each shadow's initial weights from its own seed
         tconfig = train_config(ctx.config, generator_class(spec))
         public_pretraining(ctx, spec, generator, tconfig, model_dir)
         tconfig = dataclasses.replace(tconfig, seed=seed)
