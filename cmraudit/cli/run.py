@@ -25,6 +25,10 @@ _MASKS = typer.Option(None, "--mask-source", help="Split role whose masks condit
 _DEVICE = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps.")
 _PRETRAIN = typer.Option(None, "--dp-pretrain", help="Public data (a data spec) each DP model is first trained on "
                          "without DP, or none. (default: phantom:200,seed=1)")
+_CANARIES = typer.Option(None, "--canaries", help="Canary patients, each trained on with probability 1/2 and "
+                         "audited apart for power; 0: none. (default: 100 on the quick profile)")
+_CANARY_DATA = typer.Option(None, "--canary-data", help="Where canaries come from: phantom (its own seed) or a data "
+                            "spec. (default: phantom)")
 _SET = typer.Option(None, "--set", "-s", help="Any setting as KEY=VALUE (train.steps=50, generator.vae.lr=1e-3).")
 _FORCE = typer.Option(False, "--force", help="Recompute finished stages instead of skipping them.")
 _REDACT = typer.Option(False, "--redact", help="Report without real patient pixels (masks / blur instead).")
@@ -54,8 +58,9 @@ def _pipeline_command(name: str, doc: str) -> None:
                 metric: Optional[str] = _METRIC, dp_epsilon: Optional[list[str]] = _EPS,
                 profile: Optional[str] = _PROFILE, seed: Optional[int] = _SEED, n: Optional[int] = _N,
                 mask_source: Optional[str] = _MASKS, device: Optional[str] = _DEVICE,
-                dp_pretrain: Optional[str] = _PRETRAIN, assignments: Optional[list[str]] = _SET, force: bool = _FORCE, redact: bool = _REDACT,
-                policy: Optional[Path] = _POLICY) -> None:
+                dp_pretrain: Optional[str] = _PRETRAIN, canaries: Optional[int] = _CANARIES,
+                canary_data: Optional[str] = _CANARY_DATA, assignments: Optional[list[str]] = _SET,
+                force: bool = _FORCE, redact: bool = _REDACT, policy: Optional[Path] = _POLICY) -> None:
         from ..errors import UsageError
         from ..run.audit_run import open_run
         from .progress import ProgressView, console, summary_table
@@ -66,7 +71,8 @@ def _pipeline_command(name: str, doc: str) -> None:
             raise UsageError("--redact and --policy shape the report: use them with `cmraudit run` or `cmraudit report`")
         flags = _flags(data=data, generator=generator, attack=attack, metric=metric, dp_epsilon=dp_epsilon,
                        profile=profile, seed=seed, n=n, mask_source=mask_source, device=device,
-                       dp_pretrain=dp_pretrain, assignments=assignments)
+                       dp_pretrain=dp_pretrain, canaries=canaries, canary_data=canary_data,
+                       assignments=assignments)
         with ProgressView(console(stderr=True)) as view:
             run = open_run(run_dir or out, config_file=config, overrides=flags, force=force, progress=view)
             if name == "run":
