@@ -10,8 +10,8 @@ import run_fakes
 from cmraudit import results as R
 from cmraudit.errors import ConfigError, RunError
 from cmraudit.run import AuditRun, open_run
-from cmraudit.run.events import safe_name
 from cmraudit.run.config import ModelSpec, RunConfig, merge_layers, parse_set, read_toml, to_toml
+from cmraudit.run.events import safe_name
 
 
 @pytest.fixture(autouse=True)
@@ -268,3 +268,27 @@ def test_dp_shadows_start_from_the_models_public_pretraining(fakes, tmp_path, mo
     assert len(starts) == 1
     for got, want in zip(starts[0], pretrained.nets["net"].parameters()):
         assert torch.equal(got, want.detach())
+
+
+def test_canary_and_null_audits_see_their_own_patients(fakes, tmp_path):
+    """The canary audit's members are the canaries drawn in, scored afresh (not the real members an attack memoised
+    in the real audit's cache); the null audit's synthetic set is the test patients' own slices."""
+    from cmraudit.run.audit_stage import audit_contexts
+    from cmraudit.testing.tiny import make_audit_context
+
+    run = AuditRun(fakes.tiny_config(tmp_path / "run", canaries=6))
+    run.prepare()
+    real = make_audit_context(table=run.table, workdir=tmp_path)
+    real.split = run.split
+    real.cache["scored:members:10"] = "the real members, memoised"
+    audits = audit_contexts(run, real)
+    assert audits.canaries.cache == {} and audits.null.cache == {}
+    assert sorted(audits.canaries.members.patient_ids) == sorted(run.split.canaries_in)
+    assert sorted(audits.canaries.nonmembers.patient_ids) == sorted(run.split.canaries_out)
+    assert sorted(audits.null.synthetic.patient_ids) == sorted(run.split.test)
+    assert len(run.split.canaries_in) + len(run.split.canaries_out) == 6
+
+
+def test_canaries_sharing_an_audited_patient_id_are_refused(fakes, tmp_path):
+    with pytest.raises(ConfigError, match="shares .* patient id"):
+        AuditRun(fakes.tiny_config(tmp_path / "run", canaries=6, canary_data="tinyrun:30")).prepare()

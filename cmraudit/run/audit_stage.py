@@ -148,10 +148,12 @@ class Audits:
 def audit_contexts(ctx: "StageContext", real: AuditContext) -> Audits:
     canaries = ctx.canary_table
     canary_audit = None
+    # each context gets a cache of its own: attacks memoise per-role tables and features in ``cache``, which would
+    # otherwise hand the canary audit the real members (dataclasses.replace shares the dict)
     if canaries is not None and ctx.split.canaries_in and ctx.split.canaries_out:
         canary_audit = dataclasses.replace(real, data=SliceTable.concat([ctx.table, canaries], ctx.table.source),
-                                           split=canary_split(ctx.split))
-    null_audit = dataclasses.replace(real, synthetic=real.test) if ctx.split.test else None
+                                           split=canary_split(ctx.split), cache={})
+    null_audit = dataclasses.replace(real, synthetic=real.test, cache={}) if ctx.split.test else None
     return Audits(real, canary_audit, null_audit)
 
 
