@@ -20,10 +20,16 @@ import numpy as np
 
 from cmraudit.api import AuditContext, Metric, MetricValue, NotApplicable
 from cmraudit.data.types import LABELS, SliceTable
-from cmraudit.measure.features import Encoder, get_encoder
-from cmraudit.measure.fidelity_math import (feature_frechet_distance, kernel_inception_distance, mean_pairwise_ms_ssim, prdc,
-                                    spectrum_distance, structure_intensity_w1)
 from cmraudit.hookspecs import hookimpl
+from cmraudit.measure.features import Encoder, get_encoder
+from cmraudit.measure.fidelity_math import (
+    feature_frechet_distance,
+    kernel_inception_distance,
+    mean_pairwise_ms_ssim,
+    prdc,
+    spectrum_distance,
+    structure_intensity_w1,
+)
 from cmraudit.measure.segmenter import evaluate
 
 

@@ -42,8 +42,16 @@ from cmraudit.data.types import SliceTable
 from cmraudit.hookspecs import hookimpl
 from cmraudit.measure.neighbours import count_within, knn
 
-from ._shared import (encoder_features, generator_or_skip, images, membership_signals, pixel_scale, reference_z,
-                      scored_part, slice_result)
+from ._shared import (
+    encoder_features,
+    generator_or_skip,
+    images,
+    membership_signals,
+    pixel_scale,
+    reference_z,
+    scored_part,
+    slice_result,
+)
 
 
 # --------------------------------------------------------------------------------------------------- samples only

@@ -96,8 +96,6 @@ class Report:
             return None
         key = f"samples:{model}"
         if key not in self.cache:
-            from cmraudit.errors import RunError
-            
             try:
                 self.cache[key] = load_samples(self.run_dir / entry["path"], model)
             except RunError:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from validity_generators import ValidityPlugins
 
 from cmraudit.gate import evaluate, load_policy, outcome
 from cmraudit.run import AuditRun
 from cmraudit.run.config import ModelSpec, RunConfig
-
-from validity_generators import ValidityPlugins
 
 SEEDS = range(10)
 ATTACKS = ["gan-leaks", "gan-leaks-cal", "monte-carlo", "domias"]

@@ -6,14 +6,20 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_generator import TinyBatchNorm, TinyDenoiser, TinyPair, build, tiny_table
 from torch import nn
 
 from cmraudit.errors import ConfigError, PluginError
-from cmraudit.training.privacy import (DPConfig, PoissonSampler, calibrate, epsilon_spent, make_accountant,
-                              releases_noise)
-from cmraudit.training.step_runner import EMA, LoopRunner, fold_grad_samples
 from cmraudit.training.loop import TrainConfig, train
-from tiny_generator import TinyBatchNorm, TinyDenoiser, TinyPair, build, tiny_table
+from cmraudit.training.privacy import (
+    DPConfig,
+    PoissonSampler,
+    calibrate,
+    epsilon_spent,
+    make_accountant,
+    releases_noise,
+)
+from cmraudit.training.step_runner import EMA, LoopRunner, fold_grad_samples
 
 RECORD_KEYS = {"epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "accountant", "unit"}
 
@@ -242,8 +248,9 @@ def test_grouped_convolution_gives_opacus_per_example_gradients(geometry):
 @pytest.mark.parametrize("cls", [TinyDenoiser, TinyPair])
 def test_fast_and_stock_opacus_modes_take_the_same_dp_step(cls):
     """With clipping active and noise ~0, every grad-sample mode must produce the same update."""
-    from cmraudit.api import Batch
     from dp_helpers import parameters_after_one_dp_step
+
+    from cmraudit.api import Batch
 
     batch = Batch.from_table(tiny_table(), list(range(6)))
     updated = {mode: parameters_after_one_dp_step(build(cls), batch, mode) for mode in ("fast", "hooks", "functorch")}

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_generator import TinyDenoiser, build, tiny_table
 
 from cmraudit.training.checkpoint import latest_checkpoint
-from cmraudit.training.privacy import DPConfig
 from cmraudit.training.loop import TrainConfig, train
-from tiny_generator import TinyDenoiser, build, tiny_table
+from cmraudit.training.privacy import DPConfig
 
 TESTS = Path(__file__).parent
 STEPS, EVERY = 16, 4

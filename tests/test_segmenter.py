@@ -9,8 +9,14 @@ import torch
 
 from cmraudit.api import AuditContext
 from cmraudit.data.splits import make_split
-from cmraudit.measure.segmenter import (dice_hd95, evaluate, load_segmenter, real_segmenter, segmenter_config,
-                                train_segmenter)
+from cmraudit.measure.segmenter import (
+    dice_hd95,
+    evaluate,
+    load_segmenter,
+    real_segmenter,
+    segmenter_config,
+    train_segmenter,
+)
 
 
 def _square(lo: int, hi: int, label: int = 3, size: int = 32) -> torch.Tensor:

@@ -8,8 +8,14 @@ import torch.nn as nn
 
 import cmraudit.testing.generator_contract as generator_contract
 from cmraudit import AttackResult, Conditioning, Generator, Metric, MetricValue, NotApplicable, PluginError
-from cmraudit.testing import (ContractViolation, TinyGenerator, check_attack, check_generator, check_metric,
-                              make_audit_context)
+from cmraudit.testing import (
+    ContractViolation,
+    TinyGenerator,
+    check_attack,
+    check_generator,
+    check_metric,
+    make_audit_context,
+)
 from cmraudit.testing.tiny import TinyConfig, _StructureIntensityNet, tiny_table, train_steps
 
 

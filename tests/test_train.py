@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
+from tiny_generator import TinyDenoiser, TinyPair, build, tiny_table
 
+from cmraudit.errors import ConfigError, PluginError, RunError
 from cmraudit.training.checkpoint import list_checkpoints
 from cmraudit.training.device import amp_dtype, select_device
-from cmraudit.errors import ConfigError, PluginError, RunError
-from cmraudit.training.privacy import DPConfig
 from cmraudit.training.loop import PROFILE_DEFAULTS, TrainConfig, TrainResult, load_trained, train
-from tiny_generator import TinyDenoiser, TinyPair, build, tiny_table
+from cmraudit.training.privacy import DPConfig
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (AMP runs on CUDA only)")
 

@@ -44,11 +44,11 @@ def _preparse_plugins(argv: list[str]) -> None:
 
 
 def _add_commands() -> None:
+    from ..registry import load_plugins
     from . import data as _data  # noqa: F401  (each module registers its commands on `app`)
     from . import plan as _plan  # noqa: F401
     from . import plugins_cmd as _plugins  # noqa: F401
     from . import run as _run  # noqa: F401
-    from ..registry import load_plugins
 
     load_plugins().hook.cmraudit_register_commands(app=app)
 

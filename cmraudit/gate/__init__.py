@@ -14,8 +14,18 @@ unfinished run are failures with their reason, never passes. Inconclusive verdic
 from __future__ import annotations
 
 from .policy import DEFAULT_POLICY, Policy, load_policy
-from .verdicts import (EXIT_CODES, RuleResult, evaluate, judge_attack, judge_model, junit_xml, model_outcomes,
-                       model_verdicts, outcome, passed)
+from .verdicts import (
+                       EXIT_CODES,
+                       RuleResult,
+                       evaluate,
+                       judge_attack,
+                       judge_model,
+                       junit_xml,
+                       model_outcomes,
+                       model_verdicts,
+                       outcome,
+                       passed,
+)
 
 __all__ = ["DEFAULT_POLICY", "EXIT_CODES", "Policy", "RuleResult", "evaluate", "junit_xml", "load_policy",
            "judge_attack", "judge_model", "model_outcomes", "model_verdicts", "outcome", "passed"]

@@ -3,7 +3,7 @@ and DP configs, and the label that names the plugin when it fails."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..api import Conditioning, Generator
 from ..errors import CmrauditError

@@ -39,7 +39,6 @@ from typing import Any
 
 from ..api import PROFILES, Split
 from ..errors import ConfigError
-
 from ..toml_io import read_toml, to_toml, toml_value
 
 __all__ = ["ModelSpec", "RunConfig", "merge_layers", "parse_set", "read_toml", "to_toml"]

@@ -25,12 +25,12 @@ from typing import Any, Callable
 import torch
 
 from ..api import PROFILES, Batch, Conditioning, Generator
-from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
-from ..dataclass_config import as_dict, build_dataclass
 from ..data.types import SliceTable
-from .device import amp_dtype, describe, select_device
-from ..errors import ConfigError, DataError, PluginError, RunError
+from ..dataclass_config import as_dict, build_dataclass
+from ..errors import ConfigError, DataError, RunError
 from ..io import atomic_write_text
+from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from .device import amp_dtype, describe, select_device
 from .privacy import DPConfig, UniformSampler, epsilon_spent, make_accountant, plan_private_training
 from .step_runner import EMA, LoopRunner
 

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from ..api import Generator, StepRunner
-from .device import autocast
 from ..errors import PluginError
+from .device import autocast
 
 if TYPE_CHECKING:
     from .grad_sample import FactoredGrad

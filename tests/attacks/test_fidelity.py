@@ -14,9 +14,18 @@ import torch.nn.functional as F
 from cmraudit.api import AuditContext
 from cmraudit.data.sources import open_source
 from cmraudit.data.splits import make_split
-from cmraudit.measure.fidelity_math import (feature_frechet_distance, frechet_distance, kernel_inception_distance,
-                                    mean_pairwise_ms_ssim, ms_ssim_settings, polynomial_mmd2_unbiased, prdc,
-                                    radial_power_spectrum, spectrum_distance, wasserstein_1d)
+from cmraudit.measure.fidelity_math import (
+    feature_frechet_distance,
+    frechet_distance,
+    kernel_inception_distance,
+    mean_pairwise_ms_ssim,
+    ms_ssim_settings,
+    polynomial_mmd2_unbiased,
+    prdc,
+    radial_power_spectrum,
+    spectrum_distance,
+    wasserstein_1d,
+)
 
 fidelity = importlib.import_module("cmraudit.attacks.fidelity")
 

@@ -18,8 +18,8 @@ from cmraudit.api import AuditContext, Batch, Conditioning, Generator
 from cmraudit.data.splits import make_split
 from cmraudit.data.types import SliceTable
 from cmraudit.registry import get
-from cmraudit.run.selection import select_attacks
 from cmraudit.run.folder import load_scores, save_scores
+from cmraudit.run.selection import select_attacks
 from cmraudit.stats import summarize
 from cmraudit.testing.tiny import sample_table
 

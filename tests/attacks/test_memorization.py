@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-
 from cmraudit.attacks.memorization import dcr_share
+
 from cmraudit.registry import get
 from cmraudit.testing import check_attack
 

@@ -91,9 +91,9 @@ def test_metrics_are_registered():
 
 
 def test_patient_accuracy_matches_scikit_learn():
+    from cmraudit.attacks.utility import patient_accuracy
     from sklearn.metrics import balanced_accuracy_score
 
-    from cmraudit.attacks.utility import patient_accuracy
     from cmraudit.data.types import PATHOLOGIES
     from cmraudit.testing import tiny_table
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from cmraudit.plugins._conditioning import Condition, guided, mask_onehot
+from cmraudit.plugins.diffusion import DiffusionGenerator
 
 from cmraudit.api import Conditioning
 from cmraudit.errors import ConfigError
-from cmraudit.plugins._conditioning import Condition, guided, mask_onehot
-from cmraudit.plugins.diffusion import DiffusionGenerator
 
 
 class AnalyticPrediction(nn.Module):

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from cmraudit.plugins.flow import MODEL_TIME_SCALE, FlowGenerator, integrate_velocity, velocity_target
 
 from cmraudit.api import Conditioning
-from cmraudit.plugins.flow import MODEL_TIME_SCALE, FlowGenerator, integrate_velocity, velocity_target
 
 
 def gaussian_velocity(x: torch.Tensor, t: torch.Tensor, mu: torch.Tensor | float, s: float) -> torch.Tensor:

@@ -51,8 +51,8 @@ def test_contract(name):
 @pytest.mark.parametrize("dp", [False, True], ids=["plain", "dp"])
 def test_trains_through_the_loop_and_reloads_identically(name, dp, phantom_table_32, tmp_path):
     """Smoke-size phantom data through cmraudit.training.loop (patient-level DP when dp), then sample and reload."""
-    from cmraudit.training.privacy import DPConfig
     from cmraudit.training.loop import TrainConfig, load_trained, train
+    from cmraudit.training.privacy import DPConfig
 
     table = phantom_table_32
     cls = registered("generators")[name]
@@ -212,9 +212,9 @@ def test_fast_dp_step_equals_stock_opacus(name, overrides, table):
 def test_fast_path_skips_the_weight_gradients_dp_throws_away(table):
     """Inside a private network only layers fed by gradient-free inputs (the first convolution, embeddings) get
     ordinary weight gradients; every other layer gets per-example gradients alone."""
-    from cmraudit.training.grad_sample import FactoredGrad, FastGradSampleModule
-
     from cmraudit.plugins._conditioning import Condition
+
+    from cmraudit.training.grad_sample import FactoredGrad, FastGradSampleModule
 
     gen = build("vae")
     net = FastGradSampleModule(gen.nets["vae"])
