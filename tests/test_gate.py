@@ -212,3 +212,27 @@ def test_gate_command_exits_3_when_inconclusive_and_asked_to(tmp_path):
             main(["gate", str(path), "--policy", str(policy), "--on-inconclusive", mode])
         codes[mode] = exit_info.value.code or 0
     assert codes == {"fail": 1, "inconclusive": 3, "pass": 0}
+
+
+def test_a_canary_bound_above_the_accountants_epsilon_is_a_dp_implementation_error():
+    def dp_model(bound: float):
+        entry = {**attack(0.55, 0.62), "canaries": {"status": "ok", "auc": 0.9, "auc_ci": [0.8, 0.95],
+                                                     "one_run_eps": {"epsilon": bound}}}
+        return model(2.0, attacks={"loss": entry})
+
+    rules = evaluate(document(m=dp_model(3.1)), Policy.from_dict({"max_epsilon": 10.0}))
+    (audit_rule,) = [r for r in rules if r.rule == "dp_audit"]
+    assert audit_rule.verdict == "fail" and "DP IMPLEMENTATION ERROR" in audit_rule.reason
+    rules = evaluate(document(m=dp_model(1.5)), Policy.from_dict({"max_epsilon": 10.0}))
+    assert [r.verdict for r in rules if r.rule == "dp_audit"] == ["pass"]
+    # without DP there is no claim to check
+    assert not [r for r in evaluate(document(m=model()), load_policy(None)) if r.rule == "dp_audit"]
+
+
+def test_canaries_decide_the_mia_verdict_where_they_ran():
+    narrow = {**attack(0.5, 0.7), "auc_ci": [0.3, 0.7], "canaries": {"status": "ok", "auc_ci": [0.45, 0.56]}}
+    (rule,) = [r for r in evaluate(document(m=model(attacks={"loss": narrow})), Policy.from_dict({"max_mia_auc": 0.6}))]
+    assert rule.verdict == "pass" and "canaries'" in rule.reason
+    leak = {**attack(0.9, 0.98), "auc_ci": [0.8, 0.98], "canaries": {"status": "ok", "auc_ci": [0.45, 0.56]}}
+    (rule,) = [r for r in evaluate(document(m=model(attacks={"loss": leak})), Policy.from_dict({"max_mia_auc": 0.6}))]
+    assert rule.verdict == "fail"  # a leak the real patients show is not hidden by the canaries

@@ -83,6 +83,10 @@ def _pipeline_command(name: str, doc: str) -> None:
         if name == "run":
             typer.echo(f"report: {run.out / 'report.html'}")
         typer.echo(f"results: {run.folder.results_path}")
+        for model, entry in run.results["models"].items():  # a refuted DP guarantee is never a footnote
+            for rule in (entry.get("verdict") or {}).get("rules", []):
+                if rule["rule"] == "dp_audit" and rule["verdict"] == "fail":
+                    typer.echo(f"cmraudit: {model}: {rule['reason']}", err=True)
         failed = [m for m, e in run.results["models"].items() if e["status"] == "failed"]
         if failed:
             typer.echo(f"cmraudit: error: {len(failed)} model(s) failed: " + "; ".join(

@@ -44,7 +44,9 @@ def _attack_interval(attack: dict[str, Any]) -> tuple[float, float] | None:
     canary_ci = (canaries.get("auc_ci") or [None, None]) if canaries.get("status") == "ok" else [None, None]
     if canary_ci[0] is not None and canary_ci[1] is not None:
         lower = max(float(canary_ci[0]), float(real[0])) if real[0] is not None else float(canary_ci[0])
-        return lower, float(canary_ci[1])
+        # when the patients show more than the canaries do, the patients' evidence stands: the interval cannot
+        # end below its own lower end
+        return lower, max(float(canary_ci[1]), lower)
     if real[0] is None or real[1] is None:
         return None
     return float(real[0]), float(real[1])
