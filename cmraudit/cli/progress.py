@@ -64,26 +64,29 @@ class ProgressView:
         self.progress.console.print(escape(text), style=style or None)
 
 
+_VERDICT_STYLE = {"pass": "[green]pass[/green]", "fail": "[red]FAIL[/red]",
+                  "inconclusive": "[yellow]inconclusive[/yellow]"}
+
+
 def summary_table(doc: dict[str, Any] | None) -> Table:
     """Model × headline privacy, fidelity and utility numbers."""
     table = Table(title="cmraudit results")
     table.add_column("model", no_wrap=True)
-    for col in ("status", "ε", "worst MIA AUC", "95% CI", "TPR@1%FPR", "FD", "coverage", "mask Dice", "TSTR Dice"):
+    for col in ("status", "verdict", "ε", "worst MIA AUC", "95% CI", "TPR@1%FPR", "FD", "coverage", "mask Dice",
+                "TSTR Dice"):
         table.add_column(col)
     for model, entry in ((doc or {}).get("models") or {}).items():
         h = R.headline(entry)
         trained = entry.get("training") is not None
         eps = h["epsilon"] if h["epsilon"] is not None or not trained else math.inf
         status = entry.get("status", "")
-        table.add_row(escape(model), f"[red]{status}[/red]" if status == "failed" else status, _fmt(eps),
+        verdict = (entry.get("verdict") or {}).get("outcome")
+        table.add_row(escape(model), f"[red]{status}[/red]" if status == "failed" else status,
+                      _VERDICT_STYLE.get(verdict, "–") if verdict else "–", _fmt(eps),
                       _fmt(h["auc"]), _fmt(h["auc_ci"]), _fmt(h["tpr_at_1pct"]), _fmt(h["fd"]),
                       _fmt(R.metric_values(entry).get("coverage", {}).get("value")), _fmt(h["mask_dice"]),
                       _fmt(h["tstr_dice"]))
     return table
-
-
-_VERDICT_STYLE = {"pass": "[green]pass[/green]", "fail": "[red]FAIL[/red]",
-                  "inconclusive": "[yellow]inconclusive[/yellow]"}
 
 
 def gate_table(rules: list[Any], source: str) -> Table:
