@@ -292,3 +292,16 @@ def test_canary_and_null_audits_see_their_own_patients(fakes, tmp_path):
 def test_canaries_sharing_an_audited_patient_id_are_refused(fakes, tmp_path):
     with pytest.raises(ConfigError, match="shares .* patient id"):
         AuditRun(fakes.tiny_config(tmp_path / "run", canaries=6, canary_data="tinyrun:30")).prepare()
+
+
+def test_canaries_drawn_in_are_trained_on_and_counted_by_the_accountant(fakes, tmp_path):
+    """Canaries are training data: in the DP model's training set, so q = expected batch / (members + canaries in)."""
+    spec = ModelSpec("fast-tiny-dp2", "fast-tiny", 2.0)
+    run = AuditRun(fakes.tiny_config(tmp_path / "run", models=[spec], canaries=8, dp={"accountant": "rdp"}))
+    run.prepare()
+    run.train()
+    training = run.results["models"][spec.name]["training"]
+    units = len(run.split.members) + len(run.split.canaries_in)
+    assert training["canaries"] == len(run.split.canaries_in) > 0
+    assert training["dp"]["sample_rate"] == pytest.approx(training["train_config"]["batch_size"] / units)
+    assert run.results["data"]["canaries"]["in"] == len(run.split.canaries_in)
