@@ -30,6 +30,7 @@ DEFAULT_PLUGINS = (
     "cmraudit.plugins.flow",
     "cmraudit.attacks.membership",
     "cmraudit.attacks.memorization",
+    "cmraudit.attacks.reidentification",
     "cmraudit.attacks.lira",
     "cmraudit.attacks.replay",
     "cmraudit.attacks.fidelity",

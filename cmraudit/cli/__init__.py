@@ -48,6 +48,7 @@ def _add_commands() -> None:
     from . import data as _data  # noqa: F401  (each module registers its commands on `app`)
     from . import plan as _plan  # noqa: F401
     from . import plugins_cmd as _plugins  # noqa: F401
+    from . import release as _release  # noqa: F401
     from . import run as _run  # noqa: F401
 
     load_plugins().hook.cmraudit_register_commands(app=app)
