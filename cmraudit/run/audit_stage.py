@@ -79,7 +79,8 @@ def run_attack(ctx: "StageContext", audits: "Audits", name: str) -> dict[str, An
         out = {**R.jsonable(summary), "level": result.level, "scores": ctx.folder.rel(path),
                "details": R.jsonable(result.details)}
         if audits.canaries is not None and attack.kind == "mia" and not attack.trains_shadows:
-            out["canaries"] = _side_audit(ctx, attack, audits.canaries, f"{name}.canaries", canary_summary)
+            out["canaries"] = _side_audit(ctx, attack, audits.canaries, f"{name}.canaries",
+                                          lambda result: canary_summary(result, audits.dp_delta))
         if audits.null is not None and attack.reads_samples_only:
             out["null"] = _side_audit(ctx, attack, audits.null, f"{name}.null", null_summary)
         return out
@@ -100,9 +101,10 @@ def _side_audit(ctx: "StageContext", attack: Any, audit: AuditContext, file_name
         return {"status": "failed", "error": describe_error(exc, plugin_label("attack", attack.name, type(attack)))}
 
 
-def canary_summary(result: AttackResult) -> dict[str, Any]:
+def canary_summary(result: AttackResult, delta: float = 0.0) -> dict[str, Any]:
     """The canary audit: one score per canary (its slices' mean), AUC with CI and TPR at low FPR over canaries,
-    and the one-run ε lower bound of Steinke et al. 2023."""
+    and the one-run ε lower bound of Steinke et al. 2023 (for a DP model with the δ its accountant used, so the
+    bound is comparable with its (ε, δ) guarantee)."""
     patient = summarize(result)["patient"]
     per_canary = [aggregate_by_patient(result.member_scores, result.member_patients),
                   aggregate_by_patient(result.nonmember_scores, result.nonmember_patients)]
@@ -110,7 +112,7 @@ def canary_summary(result: AttackResult) -> dict[str, Any]:
     included = np.r_[np.ones(len(per_canary[0][0]), bool), np.zeros(len(per_canary[1][0]), bool)]
     return {"auc": patient["auc"], "auc_ci": patient["auc_ci"], "tpr_at_fpr": patient["tpr_at_fpr"],
             "n_in": patient["n_members"], "n_out": patient["n_nonmembers"],
-            "one_run_eps": one_run_eps_lower_bound(scores, included)}
+            "one_run_eps": one_run_eps_lower_bound(scores, included, delta=delta)}
 
 
 def null_summary(result: AttackResult) -> dict[str, Any]:
@@ -143,9 +145,11 @@ class Audits:
     real: AuditContext
     canaries: AuditContext | None
     null: AuditContext | None
+    #: the DP model's δ (0 without DP), for the one-run ε lower bound of the canary audit
+    dp_delta: float = 0.0
 
 
-def audit_contexts(ctx: "StageContext", real: AuditContext) -> Audits:
+def audit_contexts(ctx: "StageContext", real: AuditContext, dp_delta: float = 0.0) -> Audits:
     canaries = ctx.canary_table
     canary_audit = None
     # each context gets a cache of its own: attacks memoise per-role tables and features in ``cache``, which would
@@ -154,7 +158,7 @@ def audit_contexts(ctx: "StageContext", real: AuditContext) -> Audits:
         canary_audit = dataclasses.replace(real, data=SliceTable.concat([ctx.table, canaries], ctx.table.source),
                                            split=canary_split(ctx.split), cache={})
     null_audit = dataclasses.replace(real, synthetic=real.test, cache={}) if ctx.split.test else None
-    return Audits(real, canary_audit, null_audit)
+    return Audits(real, canary_audit, null_audit, dp_delta)
 
 
 def audit_model(ctx: "StageContext", spec: "ModelSpec") -> None:
@@ -174,7 +178,8 @@ def audit_model(ctx: "StageContext", spec: "ModelSpec") -> None:
                          profile=config.profile, seed=config.seed, device=ctx.device,
                          workdir=ctx.folder.model_dir(spec.name), options=config.options,
                          train_shadow=shadow_trainer(ctx, spec))
-    audits = audit_contexts(ctx, audit)
+    dp = (ctx.records.entry(spec.name).get("training") or {}).get("dp") or {}
+    audits = audit_contexts(ctx, audit, dp_delta=float(dp.get("delta") or 0.0))
     for name, reason in not_applicable.items():
         cls = get("attacks", name)
         ctx.records.record(spec.name, "attacks", name,
