@@ -33,6 +33,8 @@ from cmraudit.run.config import ModelSpec, RunConfig
 from cmraudit.run.folder import RunFolder, load_samples
 
 MODELS = ("vae", "near-copy", "fresh-phantom")
+#: the honest models of the filter check: a generator that never saw a member, and patient-level DP diffusion
+DP_MODEL = ModelSpec("diffusion-dp8", "diffusion", 8.0)
 #: a policy the smoke models can pass: only the memorised-patient share is judged
 LENIENT = "max_memorised_share = 0.05\n"
 
@@ -51,7 +53,8 @@ def run_dir(tmp_path_factory) -> Path:
         out = tmp_path_factory.mktemp("release") / "run"
         attacks = ["gan-leaks", "memorization", *(["reidentification"] if has_reidentification() else [])]
         config = RunConfig(out=out, data="phantom:20", profile="smoke", seed=0, canaries=0, dp_pretrain="none",
-                           models=[ModelSpec(m, m) for m in MODELS], attacks=attacks, metrics=["fidelity", "utility"],
+                           models=[*(ModelSpec(m, m) for m in MODELS), DP_MODEL], attacks=attacks,
+                           metrics=["fidelity", "utility"], dp={"accountant": "rdp"},
                            train={"steps": 20, "checkpoint_every": 20})
         AuditRun(config).run()
         yield out
@@ -204,7 +207,7 @@ def test_a_failing_model_is_refused_unless_forced(run_dir, capsys, tmp_path):
 
 def test_unknown_unfinished_and_failed_models_are_one_line_errors(run_dir, capsys, tmp_path):
     code, _, err = cli(["release", str(run_dir), "--model", "nope"], capsys)
-    models = ", ".join(sorted(MODELS))
+    models = ", ".join(sorted([*MODELS, DP_MODEL.name]))
     assert code == 2 and err == [f"cmraudit: error: {run_dir} has no model 'nope' (models: {models})"]
     run = copy_run(run_dir, tmp_path / "run")
 
@@ -229,13 +232,13 @@ def test_near_copies_are_removed_and_an_honest_model_is_kept(run_dir, lenient, c
     folder = RunFolder(run_dir)
     doc = folder.results()
     shares = {}
-    for model in ("near-copy", "fresh-phantom"):
+    for model in ("near-copy", "fresh-phantom", DP_MODEL.name):
         n = len(load_samples(folder.samples_path(model)))
         result = privacy_filter(run_dir, doc["models"][model], lambda a, m=model: folder.scores_path(m, a), n)
         shares[model] = result.removed_share
     print(f"removed shares: {shares}")
     assert shares["near-copy"] >= 0.95, shares
-    assert shares["fresh-phantom"] <= 0.10, shares
+    assert shares["fresh-phantom"] <= 0.10 and shares[DP_MODEL.name] <= 0.10, shares
 
     # near copies fail the audit; forced, the filter leaves nothing (or next to nothing) to release
     code, out, err = cli(["release", str(run_dir), "--model", "near-copy", "--filter", "--force"], capsys)
