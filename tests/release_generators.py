@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from validity_generators import NoConfig, _Memory
+from validity_generators import Verbatim
 
-from cmraudit.api import Batch, Generator
 from cmraudit.hookspecs import hookimpl
 
 SHIFT = 2
@@ -32,31 +31,13 @@ def disguise(images: torch.Tensor) -> torch.Tensor:
     return (blurred * 2 - 1).clamp(-1, 1)
 
 
-class NearCopy(Generator):
+class NearCopy(Verbatim):
+    """``verbatim``'s memory of training slices, returned disguised."""
+
     name = "near-copy"
-    family = "other"
-    Config = NoConfig
-    CAPACITY = 4096
-
-    def __init__(self, config, conditioning) -> None:
-        super().__init__(config, conditioning)
-        self.nets = {"memory": _Memory(self.CAPACITY, conditioning.image_size)}
-
-    def make_optimizers(self):
-        return {}
-
-    def training_step(self, batch: Batch, runner) -> dict[str, float]:
-        memory = self.nets["memory"]
-        n = int(memory.count)
-        take = min(len(batch), self.CAPACITY - n)
-        memory.images[n:n + take] = batch.images[:take].detach().float().cpu()
-        memory.count += take
-        return {"stored": float(memory.count)}
 
     def sample(self, masks, vendor, pathology, generator=None):
-        memory = self.nets["memory"]
-        index = torch.randint(0, max(int(memory.count), 1), (masks.shape[0],), generator=generator)
-        return disguise(memory.images[index]).to(masks.device)
+        return disguise(super().sample(masks, vendor, pathology, generator))
 
 
 class ReleasePlugins:

@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
+from cli_helpers import run_cli
 
-from cmraudit.cli import main
 from cmraudit.data.export import export_acdc
 from cmraudit.data.types import PatientVolume
 
@@ -18,17 +18,6 @@ except ImportError:
     HAS_PHANTOM = False
 
 
-def run(argv: list[str], capsys) -> tuple[int, str, list[str]]:
-    """Exit code, stdout, and the stderr lines cmraudit itself wrote (plugin-loading notices aside)."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if not line.startswith("cmraudit: skipping plugin")]
-    return code, out, lines
 
 
 def heart_volume(pid: str, vendor: str, pathology: str, lv_radius: float = 5.0, z: int = 3) -> PatientVolume:
@@ -51,7 +40,7 @@ def acdc_dir(tmp_path):
 
 
 def test_inspect_json(acdc_dir, capsys):
-    code, out, err = run(["data", "inspect", f"acdc:{acdc_dir}", "--json", "--size", "32"], capsys)
+    code, out, err = run_cli(["data", "inspect", f"acdc:{acdc_dir}", "--json", "--size", "32"], capsys)
     assert code == 0 and err == []
     summary = json.loads(out)
     assert summary["patients"] == 2 and summary["slices"] == 12 and summary["image_size"] == 32
@@ -63,17 +52,17 @@ def test_inspect_json(acdc_dir, capsys):
 
 
 def test_inspect_table_and_preview(acdc_dir, tmp_path, capsys):
-    code, out, _ = run(["data", "inspect", f"acdc:{acdc_dir}", "--size", "32"], capsys)
+    code, out, _ = run_cli(["data", "inspect", f"acdc:{acdc_dir}", "--size", "32"], capsys)
     assert code == 0 and "patients" in out and "label fractions" in out
     png = tmp_path / "grid.png"
-    code, out, err = run(["data", "preview", f"acdc:{acdc_dir}", str(png), "--size", "32", "--n", "4"], capsys)
+    code, out, err = run_cli(["data", "preview", f"acdc:{acdc_dir}", str(png), "--size", "32", "--n", "4"], capsys)
     assert code == 0 and err == [] and str(png) in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_skipped_patient_is_one_warning_line(acdc_dir, capsys):
     (acdc_dir / "patient002" / "patient002_frame01_gt.nii.gz").unlink()
-    code, out, err = run(["data", "inspect", f"acdc:{acdc_dir}", "--json", "--size", "32"], capsys)
+    code, out, err = run_cli(["data", "inspect", f"acdc:{acdc_dir}", "--json", "--size", "32"], capsys)
     assert code == 0 and json.loads(out)["patients"] == 1
     assert len(err) == 1 and err[0].startswith("cmraudit: warning: ") and "patient002_frame01_gt.nii.gz" in err[0]
 
@@ -81,21 +70,21 @@ def test_skipped_patient_is_one_warning_line(acdc_dir, capsys):
 def test_unusable_inputs_are_one_error_line(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, _, err = run(["data", "inspect", f"acdc:{empty}"], capsys)
+    code, _, err = run_cli(["data", "inspect", f"acdc:{empty}"], capsys)
     assert code == 1 and err == [f"cmraudit: error: {empty}: no ACDC patients found (expected patientNNN/Info.cfg)"]
 
     (empty / "info.csv").write_text("External code,Vendor,ED\nA1,A,0\n")
-    code, _, err = run(["data", "inspect", f"mnms:{empty}"], capsys)
+    code, _, err = run_cli(["data", "inspect", f"mnms:{empty}"], capsys)
     assert code == 1 and err == [f"cmraudit: error: {empty / 'info.csv'}: missing columns ES, Pathology"]
 
-    code, _, err = run(["data", "inspect", "dicom:/data"], capsys)
+    code, _, err = run_cli(["data", "inspect", "dicom:/data"], capsys)
     assert code == 2 and len(err) == 1 and err[0].startswith("cmraudit: error: unknown data scheme 'dicom'")
 
 
 def test_export_refuses_a_non_empty_folder(acdc_dir, capsys):
     if not HAS_PHANTOM:
         pytest.skip("cmraudit.data.phantom is not importable")
-    code, _, err = run(["data", "export-phantom", str(acdc_dir), "--n", "2"], capsys)
+    code, _, err = run_cli(["data", "export-phantom", str(acdc_dir), "--n", "2"], capsys)
     assert code == 1 and err == [f"cmraudit: error: {acdc_dir}: folder is not empty (choose an empty folder, "
                                  "or overwrite)"]
 
@@ -107,7 +96,7 @@ def test_export_phantom_round_trip(tmp_path, capsys):
     from cmraudit.data.sources import open_source
 
     out_dir = tmp_path / "phantom-acdc"
-    code, out, err = run(["data", "export-phantom", str(out_dir), "--n", "8"], capsys)
+    code, out, err = run_cli(["data", "export-phantom", str(out_dir), "--n", "8"], capsys)
     assert code == 0 and err == [] and "wrote 8 patients" in out
     exported = open_source(f"acdc:{out_dir}").load(32)
     phantom = open_source("phantom:8").load(32)

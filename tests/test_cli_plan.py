@@ -4,27 +4,17 @@ from __future__ import annotations
 import json
 
 import pytest
+from cli_helpers import run_cli
 
 from cmraudit import stats
-from cmraudit.cli import main
 
 pytest.importorskip("cmraudit.data.phantom")
 
 
-def run(argv: list[str], capsys) -> tuple[int, str, list[str]]:
-    """Exit code, stdout, and the stderr lines cmraudit itself wrote (plugin-loading notices aside)."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, [line for line in err.splitlines() if not line.startswith("cmraudit: skipping plugin")]
 
 
 def test_plan_json_numbers_are_the_stats_functions(capsys):
-    code, out, err = run(["plan", "--data", "phantom:20", "--canaries", "100", "--json"], capsys)
+    code, out, err = run_cli(["plan", "--data", "phantom:20", "--canaries", "100", "--json"], capsys)
     assert code == 0 and err == []
     plan = json.loads(out)
     roles = plan["roles"]
@@ -49,7 +39,7 @@ def test_plan_json_numbers_are_the_stats_functions(capsys):
 
 
 def test_plan_max_auc_and_no_canaries(capsys):
-    code, out, _ = run(["plan", "--data", "phantom:20", "--max-auc", "0.9", "--json"], capsys)
+    code, out, _ = run_cli(["plan", "--data", "phantom:20", "--max-auc", "0.9", "--json"], capsys)
     assert code == 0
     plan = json.loads(out)
     assert plan["canary_audit"] is None and plan["max_auc"] == 0.9
@@ -57,7 +47,7 @@ def test_plan_max_auc_and_no_canaries(capsys):
 
 
 def test_plan_text(capsys):
-    code, out, err = run(["plan", "--data", "phantom:20", "--canaries", "100"], capsys)
+    code, out, err = run_cli(["plan", "--data", "phantom:20", "--canaries", "100"], capsys)
     assert code == 0 and err == []
     assert "20 patients" in out and "8 members × 4 non-members" in out and "3.49" in out and "canaries" in out
 
@@ -65,5 +55,5 @@ def test_plan_text(capsys):
 @pytest.mark.parametrize("argv", [["plan", "--data", "nosuch:1"], ["plan", "--data", "phantom:abc"],
                                   ["plan", "--data", "phantom:20", "--max-auc", "0.5"]])
 def test_plan_bad_input_is_one_line_exit_2(argv, capsys):
-    code, out, err = run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 2 and out == "" and len(err) == 1 and err[0].startswith("cmraudit: error: ")

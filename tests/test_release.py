@@ -4,8 +4,8 @@ by the real pipeline (phantom:20, 32 px, 20 training steps, no canaries) with th
 * ``vae``            the built-in VAE, barely trained: fails the built-in policy (no MIA attack ran, low utility);
 * ``near-copy``      training slices shifted 2 px, gamma 1.3, blurred (tests/release_generators.py): the filter
                      must remove at least 95% of its images;
-* ``fresh-phantom``  phantom patients of another seed (tests/validity_generators.py), never a member: the filter
-                     must keep at least 90%.
+* ``fresh-phantom``  phantom patients of another seed (tests/validity_generators.py), never a member, and a
+                     patient-level DP diffusion model (ε = 8): the filter must keep at least 90% of their images.
 
 The attacks are memorization, plus reidentification when that plugin is registered, and one membership attack
 (gan-leaks, samples only: cheap) so the datasheet has an MIA verdict to show.
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run_cli
 from release_generators import ReleasePlugins
 from validity_generators import ValidityPlugins
 
-from cmraudit.cli import main
 from cmraudit.data.splits import load_split
 from cmraudit.data.types import SliceTable
 from cmraudit.registry import load_plugins, registered
@@ -71,16 +71,6 @@ def lenient(tmp_path_factory) -> Path:
     return path
 
 
-def cli(argv: list[str], capsys) -> tuple[int, str, list[str]]:
-    """Exit code, stdout and cmraudit's own stderr lines."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, [line for line in err.splitlines() if not line.startswith("cmraudit: skipping plugin")]
 
 
 def real_ids(run: Path) -> set[str]:
@@ -89,7 +79,7 @@ def real_ids(run: Path) -> set[str]:
 
 
 def inspect(folder: Path, capsys) -> dict:
-    code, out, err = cli(["data", "inspect", f"acdc:{folder}", "--json"], capsys)
+    code, out, err = run_cli(["data", "inspect", f"acdc:{folder}", "--json"], capsys)
     assert code == 0 and not err, err
     return json.loads(out)
 
@@ -107,7 +97,7 @@ def edit_results(run: Path, edit) -> None:
 
 # --------------------------------------------------------------------------------------------- the happy path
 def test_release_with_filter_reads_back_and_documents_itself(run_dir, lenient, capsys):
-    code, out, err = cli(["release", str(run_dir), "--model", "vae", "--filter", "--policy", str(lenient)], capsys)
+    code, out, err = run_cli(["release", str(run_dir), "--model", "vae", "--filter", "--policy", str(lenient)], capsys)
     assert code == 0, err
     target = run_dir / "release" / "vae"
     assert f"released: {target}" in out and "filter: ran memorization" in out
@@ -163,10 +153,10 @@ def test_release_with_filter_reads_back_and_documents_itself(run_dir, lenient, c
 def test_a_rerun_replaces_the_release_completely_and_other_folders_are_never_replaced(run_dir, lenient, capsys,
                                                                                        tmp_path):
     target = tmp_path / "shared"
-    assert cli(["release", str(run_dir), "--model", "fresh-phantom", "--out", str(target), "--policy",
+    assert run_cli(["release", str(run_dir), "--model", "fresh-phantom", "--out", str(target), "--policy",
                 str(lenient)], capsys)[0] == 0
     (target / "stray.txt").write_text("left over")
-    code, _, err = cli(["release", str(run_dir), "--model", "fresh-phantom", "--out", str(target), "--policy",
+    code, _, err = run_cli(["release", str(run_dir), "--model", "fresh-phantom", "--out", str(target), "--policy",
                         str(lenient)], capsys)
     assert code == 0, err
     assert not (target / "stray.txt").exists() and (target / "datasheet.json").is_file()
@@ -177,7 +167,7 @@ def test_a_rerun_replaces_the_release_completely_and_other_folders_are_never_rep
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "thesis.tex").write_text("do not delete")
-    code, _, err = cli(["release", str(run_dir), "--model", "fresh-phantom", "--out", str(precious), "--policy",
+    code, _, err = run_cli(["release", str(run_dir), "--model", "fresh-phantom", "--out", str(precious), "--policy",
                         str(lenient)], capsys)
     assert code == 1 and len(err) == 1 and "not a cmraudit release" in err[0]
     assert (precious / "thesis.tex").read_text() == "do not delete"
@@ -186,13 +176,13 @@ def test_a_rerun_replaces_the_release_completely_and_other_folders_are_never_rep
 # ------------------------------------------------------------------------------------------------ gate first
 def test_a_failing_model_is_refused_unless_forced(run_dir, capsys, tmp_path):
     target = tmp_path / "forced"
-    code, out, err = cli(["release", str(run_dir), "--model", "vae", "--out", str(target)], capsys)
+    code, out, err = run_cli(["release", str(run_dir), "--model", "vae", "--out", str(target)], capsys)
     assert code == 1 and len(err) == 1, err
     assert err[0].startswith("cmraudit: error: model vae did not pass its audit under the built-in policy (fail")
     assert "min_tstr_dice" in err[0] and "--force" in err[0]
     assert not target.exists()
 
-    code, out, err = cli(["release", str(run_dir), "--model", "vae", "--out", str(target), "--force"], capsys)
+    code, out, err = run_cli(["release", str(run_dir), "--model", "vae", "--out", str(target), "--force"], capsys)
     assert code == 0, err
     assert any("did not pass its audit" in line and "released anyway" in line for line in err)
     sheet = json.loads((target / "datasheet.json").read_text())
@@ -206,7 +196,7 @@ def test_a_failing_model_is_refused_unless_forced(run_dir, capsys, tmp_path):
 
 
 def test_unknown_unfinished_and_failed_models_are_one_line_errors(run_dir, capsys, tmp_path):
-    code, _, err = cli(["release", str(run_dir), "--model", "nope"], capsys)
+    code, _, err = run_cli(["release", str(run_dir), "--model", "nope"], capsys)
     models = ", ".join(sorted([*MODELS, DP_MODEL.name]))
     assert code == 2 and err == [f"cmraudit: error: {run_dir} has no model 'nope' (models: {models})"]
     run = copy_run(run_dir, tmp_path / "run")
@@ -216,14 +206,14 @@ def test_unknown_unfinished_and_failed_models_are_one_line_errors(run_dir, capsy
         doc["models"]["vae"]["stages"]["audit"] = False
 
     edit_results(run, unfinished)
-    code, _, err = cli(["release", str(run), "--model", "vae", "--force"], capsys)
+    code, _, err = run_cli(["release", str(run), "--model", "vae", "--force"], capsys)
     assert code == 1 and len(err) == 1 and "vae is not finished (audit not done)" in err[0]
 
     def failed(doc):
         doc["models"]["vae"].update(status="failed", error="sample: generator 'vae' (x): boom")
 
     edit_results(run, failed)
-    code, _, err = cli(["release", str(run), "--model", "vae", "--force"], capsys)
+    code, _, err = run_cli(["release", str(run), "--model", "vae", "--force"], capsys)
     assert code == 1 and len(err) == 1 and "model vae failed" in err[0] and "boom" in err[0]
 
 
@@ -241,12 +231,12 @@ def test_near_copies_are_removed_and_an_honest_model_is_kept(run_dir, lenient, c
     assert shares["fresh-phantom"] <= 0.10 and shares[DP_MODEL.name] <= 0.10, shares
 
     # near copies fail the audit; forced, the filter leaves nothing (or next to nothing) to release
-    code, out, err = cli(["release", str(run_dir), "--model", "near-copy", "--filter", "--force"], capsys)
+    code, out, err = run_cli(["release", str(run_dir), "--model", "near-copy", "--filter", "--force"], capsys)
     if code != 0:
         assert code == 1 and err[-1].startswith("cmraudit: error: model near-copy: the privacy filter removed")
         assert "nothing to release" in err[-1]
     # the honest model passes the lenient policy and keeps its images
-    code, out, err = cli(["release", str(run_dir), "--model", "fresh-phantom", "--filter", "--policy", str(lenient)],
+    code, out, err = run_cli(["release", str(run_dir), "--model", "fresh-phantom", "--filter", "--policy", str(lenient)],
                          capsys)
     assert code == 0, err
     sheet = json.loads((run_dir / "release" / "fresh-phantom" / "datasheet.json").read_text())
@@ -290,7 +280,7 @@ def test_filter_without_either_attack_is_a_usage_error(run_dir, capsys, tmp_path
             doc["models"]["vae"]["attacks"].pop(name, None)
 
     edit_results(run, drop)
-    code, _, err = cli(["release", str(run), "--model", "vae", "--filter", "--force"], capsys)
+    code, _, err = run_cli(["release", str(run), "--model", "vae", "--filter", "--force"], capsys)
     assert code == 2 and len(err) == 1
     assert f"run `cmraudit audit {run} --attack memorization,reidentification` first" in err[0]
 
