@@ -118,10 +118,11 @@ def judge(rule: str, measured: Measurement, threshold: float) -> tuple[str, str]
         return ("pass" if safe(measured.value) else "fail"), measured.reason
     lower, upper = measured.interval
     worst, best = (upper, lower) if upper_bound else (lower, upper)
+    ci = f"the whole 95% CI [{lower:.3f}, {upper:.3f}] is"
     if safe(worst):
-        return "pass", f"{measured.reason}; the whole 95% CI [{lower:.3f}, {upper:.3f}] is within {threshold:g}"
+        return "pass", f"{measured.reason}; {ci} {'below' if upper_bound else 'above'} {threshold:g}"
     if not safe(best):
-        return "fail", f"{measured.reason}; the whole 95% CI [{lower:.3f}, {upper:.3f}] is beyond {threshold:g}"
+        return "fail", f"{measured.reason}; {ci} {'above' if upper_bound else 'below'} {threshold:g}"
     return "inconclusive", (f"{measured.reason}; the 95% CI [{lower:.3f}, {upper:.3f}] contains {threshold:g}: "
                             f"this audit can rule out {'values above' if upper_bound else 'values below'} "
                             f"{worst:.3f} only (more patients or canaries narrow it)")
