@@ -158,7 +158,11 @@ def test_unknown_names_are_usage_errors_before_any_work(fakes, tmp_path):
     with pytest.raises(UsageError, match="dp_pretrain: unknown data scheme 'phantm'"):
         AuditRun(fakes.tiny_config(tmp_path / "f", models=[ModelSpec("x", "fast-tiny", 1.0)],
                                    dp_pretrain="phantm:20")).prepare()
-    assert not any((tmp_path / d).exists() for d in "abcdef")
+    with pytest.raises(UsageError, match="canary_data: unknown data scheme 'phantm'"):
+        AuditRun(fakes.tiny_config(tmp_path / "g", canaries=4, canary_data="phantm:20")).prepare()
+    with pytest.raises(ConfigError, match="canaries must be a number"):
+        AuditRun(fakes.tiny_config(tmp_path / "h", canaries=-1)).prepare()
+    assert not any((tmp_path / d).exists() for d in "abcdefgh")
 
 
 def test_changed_config_on_an_existing_folder_is_refused(fakes, tmp_path):

@@ -25,6 +25,11 @@ def check_config(config: RunConfig) -> None:
             open_source(config.dp_pretrain)  # the scheme and its argument; the data loads when it is needed
         except UsageError as exc:
             raise UsageError(f"dp_pretrain: {exc}") from None
+    if config.canaries and config.canary_data.strip() != "phantom":
+        try:
+            open_source(config.canary_data)
+        except UsageError as exc:
+            raise UsageError(f"canary_data: {exc}") from None
     resolve_metrics(config.metrics)
     try:
         resolve_attacks(config.attacks, None)
