@@ -22,9 +22,6 @@ real-data networks, so a model's null-baseline side run, the run's other models 
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +40,7 @@ from ..training.checkpoint import seeded_init
 if TYPE_CHECKING:
     from ..api import AuditContext
 
-__all__ = ["IdentityConfig", "IdentityNet", "Verification", "fingerprint", "get_identity_net", "train_identity",
+__all__ = ["IdentityConfig", "IdentityNet", "Verification", "get_identity_net", "train_identity",
            "verify"]
 
 
@@ -204,17 +201,6 @@ def verify(net: IdentityNet, table: SliceTable, n_boot: int = 1000, seed: int = 
 
 
 # ------------------------------------------------------------------------------------------- the run's network
-def fingerprint(table: SliceTable, seed: int, config: IdentityConfig) -> str:
-    """Hash of what the identity network learns from: patient ids, image size, pixel content, seed and recipe."""
-    h = hashlib.sha256()
-    h.update(json.dumps({"what": "identity", "patients": sorted(table.patient_ids), "image_size": table.image_size,
-                         "seed": seed, "config": dataclasses.asdict(config), "n": len(table)},
-                        sort_keys=True).encode())
-    h.update(table.images.numpy().tobytes())
-    h.update(table.patients.astype(str).tobytes())
-    return h.hexdigest()[:20]
-
-
 def _load(path: Path, key: str, config: IdentityConfig) -> IdentityNet | None:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -227,14 +213,6 @@ def _load(path: Path, key: str, config: IdentityConfig) -> IdentityNet | None:
         return None
 
 
-def _save(net: IdentityNet, path: Path, key: str, config: IdentityConfig) -> None:
-    from ..io import atomic_open
-
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    with atomic_open(path, "wb") as fh:
-        torch.save({"state_dict": state, "config": dataclasses.asdict(config), "fingerprint": key}, fh)
-
-
 def get_identity_net(ctx: AuditContext, config: IdentityConfig) -> IdentityNet:
     """The run's identity network, trained on ``ctx.reference`` only.
 
@@ -243,10 +221,11 @@ def get_identity_net(ctx: AuditContext, config: IdentityConfig) -> IdentityNet:
     models and reruns load it instead of training again. A context without a work folder (``workdir`` left at its
     default ``.``, as in hand-built test contexts) and no ``cache_dir`` option is memoised only, never written to
     disk beside the current directory."""
-    from .segmenter import cache_dir
+    # the segmenter's cache machinery: the same fingerprint of what a network learns from, the same atomic save
+    from .segmenter import cache_dir, fingerprint, save_segmenter
 
     table = ctx.reference
-    key = fingerprint(table, ctx.seed, config)
+    key = fingerprint(table, ctx.seed, config, what="identity")
     memo = f"identity:{key}"
     if memo in ctx.cache:
         return ctx.cache[memo]
@@ -256,7 +235,7 @@ def get_identity_net(ctx: AuditContext, config: IdentityConfig) -> IdentityNet:
     if net is None:
         net = train_identity(table, config, seed=ctx.seed, device=ctx.device)
         if on_disk:
-            _save(net, path, key, config)
+            save_segmenter(net, config, path, key)
     net = net.to(ctx.device).eval()
     ctx.cache[memo] = net
     return net

@@ -214,8 +214,9 @@ def _patient_bootstrap(dice: np.ndarray, patients: np.ndarray, n_boot: int, seed
 
 
 # ------------------------------------------------------------------------------------ cached real-data segmenters
-def fingerprint(table: SliceTable, seed: int, config: SegmenterConfig, **extra: Any) -> str:
-    """Hash of what a segmenter learns from: patient ids, image size, pixel content, seed and recipe."""
+def fingerprint(table: SliceTable, seed: int, config: Any, **extra: Any) -> str:
+    """Hash of what a network trained on ``table`` learns from: patient ids, image size, pixel content, seed and
+    recipe (``config``, any dataclass). The cache key of the segmenter and of the identity network."""
     h = hashlib.sha256()
     h.update(json.dumps({"patients": sorted(table.patient_ids), "image_size": table.image_size, "seed": seed,
                          "config": dataclasses.asdict(config), "n": len(table), **extra}, sort_keys=True).encode())
@@ -234,7 +235,8 @@ def cache_dir(ctx: "AuditContext") -> Path:
     return (parent.parent if parent.name == "models" else parent) / "cache"
 
 
-def save_segmenter(model: torch.nn.Module, config: SegmenterConfig, path: Path, key: str) -> None:
+def save_segmenter(model: torch.nn.Module, config: Any, path: Path, key: str) -> None:
+    """A trained network with its dataclass config and fingerprint, written atomically (any cached network)."""
     from ..io import atomic_open
 
     with atomic_open(path, "wb") as fh:
