@@ -88,13 +88,16 @@ def fold_grad_samples(module: nn.Module, batch_size: int, where: str, scale_by_r
     """Make each parameter's per-example gradients one (B, ...) tensor: blocks of B rows summed, missing = 0.
 
     scale_by_rows: the gradients were taken of a mean over R rows without Opacus' rescaling (FastGradSampleModule);
-    multiply each by its R, as Opacus' ``loss_reduction="mean"`` would have done to the (larger) backprops.
+    multiply each by its R, as Opacus' ``loss_reduction="mean"`` would have done to the (larger) backprops. A single
+    block is not multiplied (a copy of every per-example gradient): its R goes to ``p.grad_sample_scale`` instead,
+    which ``FastDPOptimizer`` applies to the norms and the clip factors. Every folded parameter gets a scale.
     """
     from .grad_sample import FactoredGrad  # imports Opacus: only DP runs pay for it
     for p in module.parameters():
         if not p.requires_grad:
             continue
         parts = getattr(p, "grad_sample", None)
+        p.grad_sample_scale = 1.0
         if parts is None:  # parameter unused this step: its per-example gradient is exactly zero
             p.grad_sample = torch.zeros((batch_size, *p.shape), device=p.device, dtype=p.dtype)
             continue
@@ -106,8 +109,9 @@ def fold_grad_samples(module: nn.Module, batch_size: int, where: str, scale_by_r
                 continue
             parts = [part.per_row() if isinstance(part, FactoredGrad) else part for part in parts]
         if len(parts) == 1 and parts[0].shape[0] == batch_size and parts[0].dtype == p.dtype:
-            # not in place: a per-example gradient may alias a backprop shared with another parameter's
-            p.grad_sample = parts[0] * batch_size if scale_by_rows else parts[0]
+            # never scaled in place: a per-example gradient may alias a backprop shared with another parameter's
+            p.grad_sample = parts[0]
+            p.grad_sample_scale = float(batch_size) if scale_by_rows else 1.0
             continue
         total = torch.zeros((batch_size, *p.shape), device=p.device, dtype=p.dtype)
         for part in parts:
@@ -116,7 +120,7 @@ def fold_grad_samples(module: nn.Module, batch_size: int, where: str, scale_by_r
                 raise PluginError(f"{where}: a forward pass had {rows} rows for a batch of {batch_size}; "
                                   "DP needs whole blocks of the batch, in batch order")
             block_sum = part.to(p.dtype).reshape(rows // batch_size, batch_size, *p.shape).sum(0)
-            total += block_sum * rows if scale_by_rows else block_sum
+            total.add_(block_sum, alpha=rows if scale_by_rows else 1)
         p.grad_sample = total
 
 
