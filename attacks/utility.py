@@ -156,8 +156,11 @@ class Utility(Metric):
         tstr = evaluate(train_segmenter(syn.images, syn.masks, seed=ctx.seed, device=ctx.device, config=seg_config),
                         test, seed=ctx.seed)
         ratio = tstr["dice"]["mean"] / trtr["dice"]["mean"] if trtr["dice"]["mean"] else None
+        # with generated masks (two-stage generation) the training pairs hold no real data at all
+        pairs = ("fully synthetic (generated masks, synthetic images)"
+                 if syn.meta.get("mask_source") == "generated" else "real masks, synthetic images")
         out["tstr_dice"] = _dice("TSTR", tstr, trtr=trtr["dice"]["mean"], tstr_over_trtr=ratio,
-                                 steps=seg_config.steps, n_train=len(syn))
+                                 steps=seg_config.steps, n_train=len(syn), training_pairs=pairs)
         out["tstr_hd95"] = _hd95("TSTR", tstr, trtr=trtr["hd95_mm"]["mean"])
         out["trtr_dice"] = _dice("TRTR (real members)", trtr, n_train=len(ctx.members))
         out["trtr_hd95"] = _hd95("TRTR (real members)", trtr)

@@ -17,6 +17,7 @@ from .api import (  # noqa: E402
     DatasetSource,
     DenoiserView,
     Generator,
+    MaskGenerator,
     Metric,
     MetricValue,
     NotApplicable,
@@ -30,6 +31,6 @@ from .hookspecs import hookimpl  # noqa: E402
 
 __all__ = [
     "__version__", "hookimpl", "Attack", "AttackResult", "AuditContext", "Batch", "Conditioning", "DatasetSource",
-    "DenoiserView", "Generator", "Metric", "MetricValue", "NotApplicable", "ReportSection", "Split", "StepRunner",
-    "PatientVolume", "Slice", "SliceTable", "CmrauditError", "DataError", "PluginError",
+    "DenoiserView", "Generator", "MaskGenerator", "Metric", "MetricValue", "NotApplicable", "ReportSection", "Split",
+    "StepRunner", "PatientVolume", "Slice", "SliceTable", "CmrauditError", "DataError", "PluginError",
 ]

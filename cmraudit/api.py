@@ -66,23 +66,45 @@ class Conditioning:
 
 @dataclass
 class Batch:
-    """A training or sampling batch. images (B, 1, H, W) in [-1, 1]; masks (B, H, W) int64; vendor, pathology (B,)."""
+    """A training or sampling batch. images (B, 1, H, W) in [-1, 1]; masks (B, H, W) int64; vendor, pathology (B,).
+
+    ``phase`` (B,) int64 (0 = ED, 1 = ES, the order of ``PHASES``) and ``position`` (B,) float32 in [0, 1] (the
+    slice's relative position base -> apex, ``SliceTable.relative_positions``) are optional: mask generators are
+    conditioned on them; image generators may ignore them."""
 
     images: "torch.Tensor"
     masks: "torch.Tensor"
     vendor: "torch.Tensor"
     pathology: "torch.Tensor"
+    phase: "torch.Tensor | None" = None
+    position: "torch.Tensor | None" = None
 
     def to(self, device: Any) -> "Batch":
-        return Batch(self.images.to(device), self.masks.to(device), self.vendor.to(device), self.pathology.to(device))
+        optional = [None if t is None else t.to(device) for t in (self.phase, self.position)]
+        return Batch(self.images.to(device), self.masks.to(device), self.vendor.to(device), self.pathology.to(device),
+                     *optional)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     @classmethod
     def from_table(cls, table: SliceTable, rows: Any = None) -> "Batch":
-        t = table if rows is None else table.take(rows)
-        return cls(t.images, t.masks, t.vendor_indices(), t.pathology_indices())
+        """The batch of ``rows`` of ``table`` (all rows by default). Positions are computed on the whole table
+        before the rows are taken, so a row subset keeps its slices' positions within their full volumes."""
+        position = table.relative_positions()
+        if rows is None:
+            return cls(table.images, table.masks, table.vendor_indices(), table.pathology_indices(),
+                       table.phase_indices(), position)
+        t = table.take(rows)
+        return cls(t.images, t.masks, t.vendor_indices(), t.pathology_indices(), t.phase_indices(),
+                   position[_torch_rows(rows)])
+
+
+def _torch_rows(rows: Any) -> Any:
+    """Row indices as a torch index (numpy arrays, lists and tensors alike)."""
+    import torch
+
+    return rows if isinstance(rows, torch.Tensor) else torch.as_tensor(np.asarray(rows, dtype=np.int64))
 
 
 class StepRunner(abc.ABC):
@@ -119,6 +141,8 @@ class Generator(abc.ABC):
     family: ClassVar[str] = "other"
     description: ClassVar[str] = ""
     Config: ClassVar[type] = dict  # a dataclass with defaults, overridden per profile and from TOML / CLI
+    #: what ``sample`` returns: "images" here, "masks" for a ``MaskGenerator``
+    produces: ClassVar[str] = "images"
 
     def __init__(self, config: Any, conditioning: Conditioning) -> None:
         self.config = config
@@ -182,6 +206,30 @@ class Generator(abc.ABC):
 
     def eval(self) -> "Generator":
         return self.train(False)
+
+
+class MaskGenerator(Generator):
+    """A generator of label maps (0 BG, 1 RV, 2 MYO, 3 LV): the first stage of two-stage generation, whose masks
+    then condition an image generator, so a released cohort carries no real patient's anatomy.
+
+    Registered through ``cmraudit_register_mask_generators``. It trains like any generator (same loop,
+    checkpoints, EMA and DP): ``training_step(batch, runner)`` learns from ``batch.masks`` with ``batch.vendor``,
+    ``batch.pathology``, ``batch.phase`` and ``batch.position``. It samples with ``sample_masks``; the image
+    method ``sample`` raises a TypeError. ``membership_signal`` (optional) scores a batch of masks.
+    """
+
+    produces: ClassVar[str] = "masks"
+
+    @abc.abstractmethod
+    def sample_masks(self, vendor: "torch.Tensor", pathology: "torch.Tensor", phase: "torch.Tensor",
+                     position: "torch.Tensor", generator: "torch.Generator | None" = None) -> "torch.Tensor":
+        """Label maps (B, H, W) int64 in {0, .., n_labels - 1} for the given labels, phases (0 ED, 1 ES) and
+        relative positions (0 base .. 1 apex); deterministic for a given ``torch.Generator`` seed."""
+
+    def sample(self, masks: "torch.Tensor", vendor: "torch.Tensor", pathology: "torch.Tensor",
+               generator: "torch.Generator | None" = None) -> "torch.Tensor":
+        raise TypeError(f"{self.name!r} is a mask generator: it samples label maps with "
+                        "sample_masks(vendor, pathology, phase, position, generator), not images with sample()")
 
 
 @runtime_checkable

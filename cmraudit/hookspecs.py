@@ -22,6 +22,11 @@ def cmraudit_register_generators(register: Register) -> None:
 
 
 @hookspec
+def cmraudit_register_mask_generators(register: Register) -> None:
+    """Register MaskGenerator subclasses (label-map generators for two-stage generation: masks, then images)."""
+
+
+@hookspec
 def cmraudit_register_attacks(register: Register) -> None:
     """Register Attack subclasses (membership inference, memorisation, re-identification)."""
 

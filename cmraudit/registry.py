@@ -28,17 +28,21 @@ DEFAULT_PLUGINS = (
     "cmraudit.plugins.vae",
     "cmraudit.plugins.diffusion",
     "cmraudit.plugins.flow",
+    "cmraudit.plugins.mask_vae",
     "cmraudit.attacks.membership",
     "cmraudit.attacks.memorization",
     "cmraudit.attacks.reidentification",
     "cmraudit.attacks.lira",
     "cmraudit.attacks.replay",
+    "cmraudit.attacks.masks",
     "cmraudit.attacks.fidelity",
     "cmraudit.attacks.utility",
+    "cmraudit.attacks.conditional",
     "cmraudit.reports.html",
+    "cmraudit.reports.conditional",
 )
 
-KINDS = ("generators", "attacks", "metrics", "datasets", "report_sections")
+KINDS = ("generators", "mask_generators", "attacks", "metrics", "datasets", "report_sections")
 
 
 @dataclass
@@ -155,7 +159,8 @@ def _collect(kind: str) -> dict[str, tuple[Any, str]]:
 
 
 def registered(kind: str) -> dict[str, Any]:
-    """Registered classes of one kind ("generators", "attacks", "metrics", "datasets", "report_sections")."""
+    """Registered classes of one kind ("generators", "mask_generators", "attacks", "metrics", "datasets",
+    "report_sections")."""
     if kind not in KINDS:
         raise ValueError(f"unknown plugin kind {kind!r}")
     return {name: obj for name, (obj, _) in _collect(kind).items()}

@@ -24,6 +24,7 @@ from cmraudit.registry import registered
 from cmraudit.run.folder import RunFolder
 
 from .galleries import DcrSection, GallerySection, MemorisationSection, ReplaySection, RocSection
+from .masks import GeneratedMaskSection
 from .page import Cell, Report, environment, fmt
 from .sections import ComparisonSection, ConfigSection, PrivacySection, SummarySection, VerdictSection
 
@@ -69,8 +70,8 @@ def write_report(run: ReportSource | Path | str, path: Path | str | None = None,
     return target
 
 
-BUILT_IN_SECTIONS = (SummarySection, VerdictSection, ComparisonSection, RocSection, DcrSection, GallerySection, MemorisationSection,
-                     ReplaySection, PrivacySection, ConfigSection)
+BUILT_IN_SECTIONS = (SummarySection, VerdictSection, ComparisonSection, RocSection, DcrSection, GallerySection,
+                     GeneratedMaskSection, MemorisationSection, ReplaySection, PrivacySection, ConfigSection)
 
 
 @hookimpl

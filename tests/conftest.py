@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# the per-user cache (phantom tables, public pretraining) lives in a fresh folder per test session, never in the
+# user's home: every session starts cold, and its tests share what they render
+os.environ["CMRAUDIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="cmraudit-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -56,3 +60,21 @@ def phantom_table_32():
     from cmraudit.data.sources import open_source
 
     return open_source("phantom:20").load(32)
+
+
+@pytest.fixture
+def validated_results(monkeypatch):
+    """Every results.json written while the test runs is checked against the schema as it is written."""
+    from cmraudit import results
+
+    monkeypatch.setattr(results, "VALIDATE_ON_WRITE", True)
+
+
+@pytest.fixture
+def fakes(register_plugin):
+    """The throwaway run plugins of ``run_fakes`` (tiny data, fast generators, known attacks), registered."""
+    import run_fakes
+
+    register_plugin(run_fakes.FakePlugins(), name="run-fakes")
+    run_fakes.CALLS.clear()
+    return run_fakes

@@ -14,7 +14,7 @@ HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("cmraudit_"))
 
 
 def test_there_are_hooks():
-    assert len(HOOKS) == 6
+    assert len(HOOKS) == 7
 
 
 @pytest.mark.parametrize("hook", HOOKS)

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import run_fakes
 
 from cmraudit import results as R
 from cmraudit.errors import ConfigError, RunError
@@ -13,18 +12,8 @@ from cmraudit.run import AuditRun, open_run
 from cmraudit.run.config import ModelSpec, RunConfig, merge_layers, parse_set, read_toml, to_toml
 from cmraudit.run.events import safe_name
 
-
-@pytest.fixture(autouse=True)
-def validated_results(monkeypatch):
-    """Every results.json written by these tests is checked against the schema as it is written."""
-    monkeypatch.setattr(R, "VALIDATE_ON_WRITE", True)
-
-
-@pytest.fixture
-def fakes(register_plugin):
-    register_plugin(run_fakes.FakePlugins(), name="run-fakes")
-    run_fakes.CALLS.clear()
-    return run_fakes
+# every results.json these tests write is checked against the schema as it is written
+pytestmark = pytest.mark.usefixtures("validated_results")
 
 
 def test_run_folder_records_everything_and_isolates_failures(fakes, tmp_path):

@@ -20,8 +20,9 @@ _EPS = typer.Option(None, "--dp-epsilon", help="DP budgets, one model variant ea
 _PROFILE = typer.Option(None, "--profile", help="smoke | quick | standard. (default: quick)")
 _SEED = typer.Option(None, "--seed", help="Seed of the split, training and sampling. (default: 0)")
 _N = typer.Option(None, "--n", "--n-samples", help="Synthetic images per model (0: one per conditioning mask).")
-_MASKS = typer.Option(None, "--mask-source", help="Split role whose masks condition the synthetic set. "
-                      "(default: reference)")
+_MASKS = typer.Option(None, "--mask-source", help="Split role whose masks condition the synthetic set, or "
+                      "'generated': masks drawn by a mask model (two-stage generation, no real stencil in the cohort;"
+                      " the family is the config's mask_generator, default mask-vae). (default: reference)")
 _DEVICE = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps.")
 _PRETRAIN = typer.Option(None, "--dp-pretrain", help="Public data (a data spec) each DP model is first trained on "
                          "without DP, or none. (default: phantom:200,seed=1)")

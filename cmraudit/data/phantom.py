@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -255,7 +256,29 @@ class PhantomSource(DatasetSource):
                                 {"ED": masks[:n], "ES": masks[n:]}, (px, px, p.slice_spacing), dict(p.info))
 
     def load(self, image_size: int) -> SliceTable:
-        """Render straight onto the heart-centred FOV_MM grid ``volumes_to_table`` would resample to."""
+        """Render straight onto the heart-centred FOV_MM grid ``volumes_to_table`` would resample to.
+
+        The phantom holds no patient, so its tables are kept in the per-user cache (``cmraudit.user_cache``), keyed
+        by the patients, seed, size and the phantom's own source code: a run's data, DP pretraining set and canaries
+        are rendered once per user, not once per run."""
+        from ..user_cache import entry_path, fingerprint
+
+        key = fingerprint("phantom", self.n_patients, self.seed, int(image_size), FOV_MM, sources=_PHANTOM_CODE)
+        path = entry_path("phantom", f"{key}.npz")
+        if path is not None and path.is_file():
+            try:
+                return _read_table(path, self.spec)
+            except (OSError, KeyError, ValueError):
+                pass  # unreadable entry: render again and replace it
+        table = self._render(image_size)
+        if path is not None:
+            try:
+                _write_table(path, table)
+            except OSError:
+                pass  # the cache is an optimisation; a read-only home must not fail the run
+        return table
+
+    def _render(self, image_size: int) -> SliceTable:
         pixel_mm = FOV_MM / image_size
         tables = []
         for p in self.patients():
@@ -271,3 +294,26 @@ class PhantomSource(DatasetSource):
         table = SliceTable.concat(tables, source=self.spec)
         table.meta.update(seed=self.seed, fov_mm=FOV_MM)
         return table
+
+
+#: the code a phantom table depends on: a change to any of it invalidates the cached tables
+_PHANTOM_CODE = tuple(Path(__file__).with_name(name) for name in
+                      ("phantom.py", "phantom_anatomy.py", "phantom_style.py", "preprocess.py", "types.py"))
+
+
+def _write_table(path: Path, table: SliceTable) -> None:
+    from ..io import atomic_open
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, images=table.images.numpy(), masks=table.masks.numpy().astype(np.uint8),
+                 patients=table.patients, vendors=table.vendors, pathologies=table.pathologies, phases=table.phases,
+                 slice_index=table.slice_index, seed=np.array(table.meta["seed"]))
+
+
+def _read_table(path: Path, spec: str) -> SliceTable:
+    with np.load(path, allow_pickle=False) as z:
+        table = SliceTable(torch.from_numpy(z["images"]), torch.from_numpy(z["masks"].astype(np.int64)),
+                           z["patients"], z["vendors"], z["pathologies"], z["phases"], z["slice_index"], spec)
+        table.meta.update(seed=int(z["seed"]), fov_mm=FOV_MM)
+    return table

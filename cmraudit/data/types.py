@@ -101,6 +101,25 @@ class SliceTable:
     def pathology_indices(self) -> torch.Tensor:
         return torch.tensor([pathology_index(p) for p in self.pathologies], dtype=torch.long)
 
+    def phase_indices(self) -> torch.Tensor:
+        """(N,) int64: 0 for ED, 1 for ES (the order of ``PHASES``; an unknown phase counts as ED)."""
+        return torch.tensor([PHASES.index(p) if p in PHASES else 0 for p in self.phases], dtype=torch.long)
+
+    def relative_positions(self) -> torch.Tensor:
+        """(N,) float32 in [0, 1]: each slice's position base (0) -> apex (1) within its patient's volume at its
+        phase, ``slice_index / max(1, slices - 1)``.
+
+        The slice count of a (patient, phase) volume is read as its largest ``slice_index`` + 1, so slices a loader
+        dropped (e.g. empty apical ones) do not shift the others. Call it on a table that holds whole volumes (the
+        training set, a patient subset), not on a few rows: a row subset may lack the volume's last slice."""
+        volumes: dict[tuple[str, str], int] = {}
+        inverse = np.asarray([volumes.setdefault(k, len(volumes))
+                              for k in zip(self.patients.tolist(), self.phases.tolist())], dtype=np.int64)
+        last = np.zeros(len(volumes), dtype=np.int64)
+        np.maximum.at(last, inverse, self.slice_index)
+        position = self.slice_index / np.maximum(1, last[inverse])
+        return torch.from_numpy(position.astype(np.float32))
+
     def take(self, index: Sequence[int] | np.ndarray | torch.Tensor) -> "SliceTable":
         idx = np.asarray(index, dtype=np.int64)
         t = torch.from_numpy(idx)

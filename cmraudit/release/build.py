@@ -67,6 +67,11 @@ class ReleaseResult:
 
 
 def masks_statement(mask_source: str, n_patients: int) -> str:
+    if mask_source == "generated":
+        return ("The `_gt` masks are synthetic: a mask model trained on the member patients' masks generated them "
+                "(two-stage generation, mask source `generated`), drawn for the vendor, pathology, phase and slice "
+                f"labels of {n_patients} real patients who were not trained on. No real patient's mask is in the "
+                "cohort; the mask model's privacy was audited with the images (mask memorisation).")
     who = ROLE_WORDS.get(mask_source, f"`{mask_source}` patients")
     return (f"The `_gt` masks are the masks (anatomical stencils) that conditioned the synthetic images. They are "
             f"NOT synthetic: they are the real segmentation masks of the run's {who}, {n_patients} real patients "

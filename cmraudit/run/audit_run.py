@@ -26,6 +26,7 @@ from .checks import check_config
 from .config import ModelSpec, RunConfig, merge_layers, read_toml, to_toml
 from .events import Progress, ProgressEvent, no_progress
 from .folder import RunFolder
+from .mask_stage import train_mask_model
 from .records import ModelRecords, data_block
 from .sample_stage import sample_model
 from .train_stage import train_model
@@ -46,6 +47,7 @@ class AuditRun:
         self._split: Split | None = None
         self._canaries: tuple[SliceTable, list[str], list[str]] | None = None
         self._device: str | None = None
+        self._masks_ready: set[str] = set()  # mask models trained (or found trained) by this process
 
     # -------------------------------------------------------------------------------------------------- set-up
     @property
@@ -189,8 +191,13 @@ class AuditRun:
 
     # -------------------------------------------------------------------------------------------------- stages
     def train(self, models: Iterable[str] | None = None) -> None:
+        """Train the models (all by default) and, with generated masks, the mask models they need first."""
         self.prepare()
         for spec in self.selected(models):
+            mask_spec = self.config.mask_model_for(spec)
+            if mask_spec is not None and mask_spec.name not in self._masks_ready:
+                if train_mask_model(self, mask_spec):
+                    self._masks_ready.add(mask_spec.name)  # once per process, also under --force
             train_model(self, spec)
 
     def sample(self, models: Iterable[str] | None = None) -> None:

@@ -157,8 +157,17 @@ def audit_contexts(ctx: "StageContext", real: AuditContext, dp_delta: float = 0.
     if canaries is not None and ctx.split.canaries_in and ctx.split.canaries_out:
         canary_audit = dataclasses.replace(real, data=SliceTable.concat([ctx.table, canaries], ctx.table.source),
                                            split=canary_split(ctx.split), cache={})
-    null_audit = dataclasses.replace(real, synthetic=real.test, cache={}) if ctx.split.test else None
+    null_audit = None
+    if ctx.split.test:
+        # the test patients' own slices stand in for the synthetic set, masks included: with generated masks the
+        # mask attacks then score real, never-trained-on masks as the null
+        null_set = dataclasses.replace(real.test, meta={**real.test.meta, **_conditioning_meta(real.synthetic)})
+        null_audit = dataclasses.replace(real, synthetic=null_set, cache={})
     return Audits(real, canary_audit, null_audit, dp_delta)
+
+
+def _conditioning_meta(synthetic: SliceTable) -> dict[str, Any]:
+    return {k: synthetic.meta[k] for k in ("mask_source", "mask_model") if k in synthetic.meta}
 
 
 def audit_model(ctx: "StageContext", spec: "ModelSpec") -> None:

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 
 def generator_class(spec: ModelSpec) -> type[Generator]:
-    return get("generators", spec.generator)
+    """The plugin class of a model: an image generator, or a mask generator for a run's mask models."""
+    return get("mask_generators" if spec.kind == "masks" else "generators", spec.generator)
 
 
 def build_generator(config: RunConfig, spec: ModelSpec, seed: int | None = None) -> Generator:
@@ -31,10 +32,11 @@ def build_generator(config: RunConfig, spec: ModelSpec, seed: int | None = None)
         return cls(gconfig, Conditioning(int(config.image_size)))
 
 
-def load_generator(model_dir: Path, device: str) -> Generator:
+def load_generator(model_dir: Path, device: str, spec: ModelSpec | None = None) -> Generator:
+    """A trained model from its folder (its plugin named by ``spec``, else by the checkpoint's own record)."""
     from ..training.loop import load_trained
 
-    return load_trained(model_dir, device=device)
+    return load_trained(model_dir, generator_class(spec) if spec is not None else None, device=device)
 
 
 def train_config(config: RunConfig, generator_cls: type) -> "TrainConfig":
@@ -57,10 +59,11 @@ def dp_config(config: RunConfig, spec: ModelSpec) -> "DPConfig | None":
 
 def generator_label(spec: ModelSpec) -> str:
     """``generator 'gan' (cmraudit.plugins.gan)``: who to blame in a failed model's error."""
+    kind = "mask generator" if spec.kind == "masks" else "generator"
     try:
-        return plugin_label("generator", spec.generator, generator_class(spec))
+        return plugin_label(kind, spec.generator, generator_class(spec))
     except CmrauditError:
-        return f"generator {spec.generator!r}"
+        return f"{kind} {spec.generator!r}"
 
 
 def resolve_device(requested: str) -> str:

@@ -9,9 +9,10 @@ from .selection import resolve_attacks, resolve_metrics
 
 
 def check_config(config: RunConfig) -> None:
-    """Unknown generator, attack or metric names, and generator, [train] or [dp] settings their classes reject.
+    """Unknown generator (or mask generator), attack or metric names, and generator, [train] or [dp] settings their
+    classes reject.
     (Plugin crashes later are recorded per model.)"""
-    for spec in config.models:
+    for spec in [*config.models, *config.mask_models()]:
         cls = generator_class(spec)
         cls.make_config(config.profile, config.generator_overrides(spec))
         train_config(config, cls)

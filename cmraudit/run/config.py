@@ -13,7 +13,9 @@ A run.toml looks like::
     dp_epsilons = [inf, 8]          # one variant per epsilon: "diffusion", "diffusion-dp8", ...
     attacks = "all"                 # "mia", "all" or a list of names
     metrics = "all"
-    mask_source = "reference"       # whose masks condition the synthetic set (never "members" by default)
+    mask_source = "reference"       # whose masks condition the synthetic set (never "members" by default),
+                                    # or "generated": masks from a mask model (two-stage generation)
+    mask_generator = "mask-vae"     # the mask model family when mask_source = "generated"
     dp_pretrain = "phantom:200,seed=1"  # public data the DP variants start from ("none": from scratch)
     canaries = 100                  # canary patients, each trained on with probability 1/2 (0: none)
     canary_data = "phantom"         # where canaries come from: the phantom (its own seed) or any data spec
@@ -48,7 +50,14 @@ PROFILE_IMAGE_SIZE = {"smoke": 32, "quick": 64, "standard": 128}
 DEFAULT_GENERATORS = ("gan", "vae", "diffusion", "flow")
 #: the default run adds one DP diffusion model (epsilon 8) so every report shows a DP/non-DP comparison
 DEFAULT_DP_EXTRA = ("diffusion", 8.0)
-MASK_SOURCES = Split.ROLES
+#: "generated": two-stage generation, masks drawn from a mask model (cmraudit.run.mask_stage) for the labels of
+#: ``GENERATED_LABEL_ROLE``'s slices, so the synthetic cohort carries no real patient's anatomy
+GENERATED = "generated"
+MASK_SOURCES = (*Split.ROLES, GENERATED)
+#: whose vendor / pathology / phase / slice-position labels the generated masks are drawn for (labels, not anatomy)
+GENERATED_LABEL_ROLE = "reference"
+#: the mask model behind one image model is named after its DP budget: "masks", "masks-dp8", ...
+MASK_MODEL_PREFIX = "masks"
 #: public data every DP variant is first trained on, without DP, before DP-SGD on the members: with tens of
 #: patients DP-SGD alone learns next to nothing at useful budgets (measured: a segmenter's Dice on the DP diffusion
 #: model's samples 0.004 from scratch, 0.84 from phantom pretraining). Phantom seed 1 never shares a patient with
@@ -70,6 +79,9 @@ class ModelSpec:
     generator: str
     dp_epsilon: float | None = None  # None: no differential privacy
     config: dict[str, Any] = field(default_factory=dict)  # overrides of the generator's Config
+    #: "images" (a Generator plugin) or "masks" (a MaskGenerator plugin, derived from ``mask_source``, never listed
+    #: in config.toml)
+    kind: str = "images"
 
     def to_toml_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "generator": self.generator}
@@ -114,6 +126,7 @@ class RunConfig:
     metrics: str | list[str] = "all"
     n_samples: int = 0  # 0: one synthetic image per conditioning mask
     mask_source: str = "reference"
+    mask_generator: str = "mask-vae"
     device: str = "auto"
     #: data spec of the public pretraining set of DP variants, or "none" (``DEFAULT_DP_PRETRAIN``)
     dp_pretrain: str = DEFAULT_DP_PRETRAIN
@@ -160,6 +173,23 @@ class RunConfig:
                 return m
         raise ConfigError(f"no model {name!r} in this run (models: {', '.join(m.name for m in self.models)})")
 
+    def mask_model_for(self, spec: ModelSpec) -> ModelSpec | None:
+        """The mask model whose masks condition ``spec``'s synthetic set: one per DP budget, so a DP image model's
+        cohort never carries anatomy learnt without DP. None unless ``mask_source`` is "generated"."""
+        if self.mask_source != GENERATED or spec.kind == "masks":
+            return None
+        return ModelSpec(model_name(MASK_MODEL_PREFIX, spec.dp_epsilon), self.mask_generator, spec.dp_epsilon,
+                         kind="masks")
+
+    def mask_models(self) -> list[ModelSpec]:
+        """Every mask model the run's image models need, in model order, each once."""
+        specs: dict[str, ModelSpec] = {}
+        for spec in self.models:
+            mask = self.mask_model_for(spec)
+            if mask is not None:
+                specs.setdefault(mask.name, mask)
+        return list(specs.values())
+
     def generator_overrides(self, spec: ModelSpec) -> dict[str, Any]:
         return {**self.generator.get(spec.generator, {}), **spec.config}
 
@@ -167,7 +197,8 @@ class RunConfig:
         d: dict[str, Any] = {
             "data": self.data, "profile": self.profile, "seed": self.seed, "image_size": self.image_size,
             "attacks": self.attacks, "metrics": self.metrics, "n_samples": self.n_samples,
-            "mask_source": self.mask_source, "device": self.device, "dp_pretrain": self.dp_pretrain,
+            "mask_source": self.mask_source, "mask_generator": self.mask_generator, "device": self.device,
+            "dp_pretrain": self.dp_pretrain,
             "canaries": self.canaries, "canary_data": self.canary_data, "canary_slices": self.canary_slices,
         }
         for key in ("generator", "train", "dp", "split", "options"):

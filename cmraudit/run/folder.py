@@ -7,6 +7,7 @@ Layout (paths relative to the run folder)::
     models/<model>/checkpoints/       written by cmraudit.training (resumable)
     models/<model>/training.json      written by cmraudit.training
     models/<model>/samples.npz        the synthetic set and the masks/labels that conditioned it
+    models/masks*/masks.npz           a mask model's generated label maps (mask_source = "generated")
     scores/<model>/<attack>.npz       per-example membership scores (+ the attack's extra arrays)
     results.json                      rewritten atomically after every model, attack and metric
     report.html
@@ -56,6 +57,9 @@ class RunFolder:
     def samples_path(self, model: str) -> Path:
         return self.model_dir(model) / "samples.npz"
 
+    def masks_path(self, mask_model: str) -> Path:
+        return self.model_dir(mask_model) / "masks.npz"
+
     def scores_path(self, model: str, attack: str) -> Path:
         return self.out / "scores" / safe_name(model) / f"{safe_name(attack)}.npz"
 
@@ -83,11 +87,11 @@ class RunFolder:
 
 
 # ------------------------------------------------------------------------------------------------ samples files
-def save_samples(path: Path, images: np.ndarray, cond: SliceTable, mask_source: str) -> None:
+def save_samples(path: Path, images: np.ndarray, cond: SliceTable, mask_source: str, mask_model: str = "") -> None:
     with atomic_open(path, "wb") as fh:
         np.savez(fh, images=images, masks=cond.masks.numpy().astype(np.uint8), patients=cond.patients,
                  vendors=cond.vendors, pathologies=cond.pathologies, phases=cond.phases,
-                 slice_index=cond.slice_index, mask_source=np.array(mask_source))
+                 slice_index=cond.slice_index, mask_source=np.array(mask_source), mask_model=np.array(mask_model))
 
 
 def load_samples(path: Path, model: str = "") -> SliceTable:
@@ -96,11 +100,35 @@ def load_samples(path: Path, model: str = "") -> SliceTable:
 
     try:
         with np.load(path, allow_pickle=False) as z:
+            meta = {"mask_source": str(z["mask_source"]), "model": model}
+            if "mask_model" in z.files and str(z["mask_model"]):
+                meta["mask_model"] = str(z["mask_model"])
             return SliceTable(torch.from_numpy(z["images"]), torch.from_numpy(z["masks"].astype(np.int64)),
                               z["patients"], z["vendors"], z["pathologies"], z["phases"], z["slice_index"],
-                              source=f"synthetic:{model}", meta={"mask_source": str(z["mask_source"]), "model": model})
+                              source=f"synthetic:{model}", meta=meta)
     except (OSError, KeyError, ValueError) as exc:
         raise RunError(f"{path}: not a readable samples file ({exc})") from None
+
+
+def save_masks(path: Path, cond: SliceTable) -> None:
+    """A mask model's generated label maps with the labels they were drawn for (``patients`` names whose labels)."""
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, masks=cond.masks.numpy().astype(np.uint8), patients=cond.patients, vendors=cond.vendors,
+                 pathologies=cond.pathologies, phases=cond.phases, slice_index=cond.slice_index)
+
+
+def load_masks(path: Path, mask_model: str = "") -> SliceTable:
+    """Generated masks as a SliceTable to condition on (blank images: only masks and labels are read)."""
+    import torch
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            masks = torch.from_numpy(z["masks"].astype(np.int64))
+            return SliceTable(torch.zeros(len(masks), 1, *masks.shape[1:]), masks, z["patients"], z["vendors"],
+                              z["pathologies"], z["phases"], z["slice_index"], source=f"generated:{mask_model}",
+                              meta={"mask_source": "generated", "mask_model": mask_model})
+    except (OSError, KeyError, ValueError) as exc:
+        raise RunError(f"{path}: not a readable masks file ({exc})") from None
 
 
 # ------------------------------------------------------------------------------------------------- score files

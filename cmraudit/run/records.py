@@ -80,6 +80,34 @@ class ModelRecords:
         if save:
             self.save()
 
+    # ------------------------------------------------------------------------------------------------ mask models
+    # A run with mask_source = "generated" has mask models (one per DP budget) under ``mask_models``: trained and
+    # sampled once, then read by every image model of that budget; their privacy is audited through the image
+    # models' synthetic sets, which carry their masks (cmraudit.attacks.masks).
+    def mask_entry(self, name: str) -> dict[str, Any] | None:
+        return self.doc.get("mask_models", {}).get(name)
+
+    def mask_done(self, name: str) -> bool:
+        entry = self.mask_entry(name)
+        return entry is not None and entry["status"] == "ok"
+
+    def start_mask(self, name: str, generator: str, dp_epsilon: float | None) -> None:
+        self.doc.setdefault("mask_models", {})[name] = {
+            "generator": generator, "dp_epsilon_target": dp_epsilon, "status": "pending", "error": None,
+            "training": None, "masks": None}
+        self.save()
+
+    def finish_mask(self, name: str, **fields: Any) -> None:
+        entry = self.doc["mask_models"][name]
+        entry.update(fields, status="ok", error=None)
+        self.save()
+
+    def fail_mask(self, name: str, message: str) -> str:
+        entry = self.doc["mask_models"][name]
+        entry["status"], entry["error"] = "failed", message
+        self.save()
+        return message
+
     def refresh_status(self, models: Iterable[str]) -> None:
         """The document is complete when every model of the run has finished (ok or failed)."""
         done = all(self.entry(n)["status"] in ("ok", "failed") for n in models)

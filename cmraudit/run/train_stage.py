@@ -13,6 +13,7 @@ from ..data.types import SliceTable
 from ..dataclass_config import as_dict
 from ..errors import ConfigError
 from ..training.loop import train
+from ..user_cache import fetch_folder, fingerprint, store_folder
 from .builders import build_generator, dp_config, generator_class, generator_label, load_generator, train_config
 from .context import fail_model
 from .events import ProgressEvent, describe_error
@@ -32,21 +33,26 @@ def train_model(ctx: "StageContext", spec: "ModelSpec") -> None:
         shutil.rmtree(model_dir, ignore_errors=True)
     ctx.records.restart(spec.name, spec.generator, spec.dp_epsilon)
     try:
-        cls = generator_class(spec)
-        generator = build_generator(ctx.config, spec)
-        tconfig = train_config(ctx.config, cls)
-        members = training_table(ctx)
-        pretraining = public_pretraining(ctx, spec, generator, tconfig, model_dir)
-        ctx.progress(ProgressEvent("train", spec.name, "start", total=tconfig.steps))
-        result = train(generator, members, tconfig, model_dir, dp=dp_config(ctx.config, spec),
-                       callback=_train_callback(ctx, spec.name))
-        training = {**training_record(result, generator, tconfig), "public_pretraining": pretraining,
-                    "canaries": len(ctx.split.canaries_in)}
+        training = fit(ctx, spec, model_dir)
     except Exception as exc:  # any plugin crash: record it, keep the other models going
         fail_model(ctx, spec.name, "train", describe_error(exc, generator_label(spec)))
         return
-    ctx.records.finish(spec.name, "train", family=getattr(cls, "family", "other"), training=training)
+    ctx.records.finish(spec.name, "train", family=getattr(generator_class(spec), "family", "other"),
+                       training=training)
     ctx.progress(ProgressEvent("train", spec.name, "done", logs={"seconds": training["seconds"]}))
+
+
+def fit(ctx: "StageContext", spec: "ModelSpec", model_dir: Path) -> dict[str, Any]:
+    """Train ``spec`` (an image or a mask model) on the training table into ``model_dir``, after its public
+    pretraining when it is a DP model; returns its results.json ``training`` block."""
+    generator = build_generator(ctx.config, spec)
+    tconfig = train_config(ctx.config, generator_class(spec))
+    pretraining = public_pretraining(ctx, spec, generator, tconfig, model_dir)
+    ctx.progress(ProgressEvent("train", spec.name, "start", total=tconfig.steps))
+    result = train(generator, training_table(ctx), tconfig, model_dir, dp=dp_config(ctx.config, spec),
+                   callback=train_callback(ctx, spec.name))
+    return {**training_record(result, generator, tconfig), "public_pretraining": pretraining,
+            "canaries": len(ctx.split.canaries_in)}
 
 
 def training_table(ctx: "StageContext") -> "SliceTable":
@@ -59,7 +65,7 @@ def training_table(ctx: "StageContext") -> "SliceTable":
     return SliceTable.concat([members, canaries.select_patients(ctx.split.canaries_in)], source=members.source)
 
 
-def _train_callback(ctx: "StageContext", model: str):
+def train_callback(ctx: "StageContext", model: str):
     """The training loop's ``callback(step=, total=, logs=)`` as ProgressEvents."""
     def callback(step: int, total: int, logs: dict[str, float]) -> None:
         ctx.progress(ProgressEvent("train", model, "update", step=step, total=total, logs=dict(logs)))
@@ -93,11 +99,31 @@ def public_pretraining(ctx: "StageContext", spec: "ModelSpec", generator: "Gener
         raise ConfigError(f"dp_pretrain {data!r} holds {len(shared)} of the audited patients ({', '.join(shared[:3])}"
                           f"{', ...' if len(shared) > 3 else ''}): public pretraining data must not contain them")
     label = f"{spec.name} (public pretraining)"
+    target = model_dir / "public-pretraining"
+    key = pretraining_key(generator, tconfig, data, int(ctx.config.image_size))
+    from_cache = fetch_folder("pretraining", key, target)  # only into an empty folder: a resumed one is kept
     ctx.progress(ProgressEvent("train", label, "start", total=tconfig.steps))
-    result = train(generator, public, tconfig, model_dir / "public-pretraining", callback=_train_callback(ctx, label))
+    result = train(generator, public, tconfig, target, callback=train_callback(ctx, label))
     ctx.progress(ProgressEvent("train", label, "done", logs={"seconds": result.seconds}))
+    if not from_cache:
+        store_folder("pretraining", key, target)
     return {"data": data, "patients": len(public.patient_ids), "slices": len(public), "steps": result.steps,
-            "seconds": result.seconds}
+            "seconds": result.seconds, "from_user_cache": from_cache}
+
+
+def pretraining_key(generator: "Generator", tconfig: Any, data: str, image_size: int) -> str:
+    """Everything public pretraining depends on: generator, its config, the loop's settings, the public data, the
+    image size, torch, and the code of the generator's package and of the training loop."""
+    import inspect
+
+    import torch
+
+    from ..training import loop
+
+    plugin_dir = Path(inspect.getfile(type(generator))).parent
+    code = [*sorted(plugin_dir.glob("*.py")), *sorted(Path(loop.__file__).parent.glob("*.py"))]
+    return fingerprint("public-pretraining", generator.name, as_dict(generator.config), as_dict(tconfig), data,
+                       image_size, torch.__version__, sources=code)
 
 
 def shadow_trainer(ctx: "StageContext", spec: "ModelSpec"):

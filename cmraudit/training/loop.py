@@ -10,7 +10,10 @@ privacy accountant), or returns the recorded result at once when the run has fin
 progress goes to ``callback(step=, total=, logs=)`` (called with keywords).
 
 Batches: non-DP runs draw ``batch_size`` random slices per step; DP runs use Poisson sampling of patients (one slice
-each) with expected batch ``batch_size``, see ``cmraudit.training.privacy``.
+each) with expected batch ``batch_size``, see ``cmraudit.training.privacy``. ``micro_batch`` bounds the examples per
+forward/backward pass: a non-DP step then accumulates the gradients of several passes before its one update
+(``cmraudit.training.accumulation``); a DP run draws Poisson batches of expected size ``micro_batch`` instead, because the Poisson
+batch is the unit the privacy analysis is about and its noisy, clipped sum cannot be split into separate updates.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from ..data.types import SliceTable
 from ..dataclass_config import as_dict, build_dataclass
 from ..errors import ConfigError, DataError, RunError
 from ..io import atomic_write_text
+from .accumulation import accumulated_step
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from .device import amp_dtype, describe, select_device
 from .privacy import DPConfig, UniformSampler, epsilon_spent, make_accountant, plan_private_training
@@ -53,6 +57,10 @@ class TrainConfig:
 
     amp: bf16/fp16 autocast, used on CUDA only. grad_clip: global gradient-norm clip for non-DP updates (0 = off;
     DP clips per example to ``DPConfig.max_grad_norm`` instead). device: None = cuda > mps > cpu.
+    micro_batch: examples per forward/backward pass (0 = the whole batch). Non-DP steps accumulate the passes'
+    gradients into one update, equal to the whole batch's for a generator that optimises once per step (a GAN's
+    second update depends on its first, so it is refused); DP runs use ``min(batch_size, micro_batch)`` as their
+    expected Poisson batch.
     """
 
     steps: int = 300
@@ -63,6 +71,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     device: str | None = None
+    micro_batch: int = 0
 
     @classmethod
     def for_profile(cls, profile: str = "quick", generator_cls: type[Generator] | None = None,
@@ -82,7 +91,13 @@ class TrainConfig:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.grad_clip < 0:
             raise ConfigError(f"train.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        if self.micro_batch < 0:
+            raise ConfigError(f"train.micro_batch must be >= 0 (0 = the whole batch), got {self.micro_batch}")
         return self
+
+    def private_batch(self) -> int:
+        """The expected Poisson batch of a DP run: a DP step is never split into accumulated passes."""
+        return min(self.batch_size, self.micro_batch) if self.micro_batch else self.batch_size
 
 
 @dataclass
@@ -126,7 +141,8 @@ def train(generator: Generator, table: SliceTable, config: TrainConfig, out_dir:
     runner = LoopRunner(generator, optimizers, device, dtype, config.grad_clip,
                         EMA({n: generator.nets[n] for n in generator.ema_networks()}, config.ema_decay))
     rng = torch.Generator()
-    private = plan_private_training(generator, optimizers, table, config.batch_size, config.steps, dp, rng, state)
+    private = plan_private_training(generator, optimizers, table, config.private_batch(), config.steps, dp, rng,
+                                    state)
     sampler = private.sampler if private else UniformSampler(table, config.batch_size, rng)
     accountant = make_accountant(dp.accountant, state["dp"]["history"] if state else None) if private else None
 
@@ -142,7 +158,8 @@ def train(generator: Generator, table: SliceTable, config: TrainConfig, out_dir:
     else:
         seed_everything(config.seed, rng)
 
-    columns = (table.images, table.masks, table.vendor_indices(), table.pathology_indices())
+    columns = (table.images, table.masks, table.vendor_indices(), table.pathology_indices(), table.phase_indices(),
+               table.relative_positions())
     started = time.perf_counter()
 
     def checkpoint() -> Path:
@@ -164,9 +181,10 @@ def train(generator: Generator, table: SliceTable, config: TrainConfig, out_dir:
                 runner.noise_only_step()
                 logs: dict[str, float] = {}
             else:
-                batch = Batch(*(c[rows] for c in columns)).to(device)
                 runner.begin_step(len(rows))
-                logs = {k: float(v) for k, v in generator.training_step(batch, runner).items()}
+                passes = [rows] if private or not config.micro_batch else rows.split(config.micro_batch)
+                batches = [Batch(*(c[part] for c in columns)).to(device) for part in passes]
+                logs = accumulated_step(generator, runner, batches)
             if accountant is not None:
                 accountant.step(noise_multiplier=private.sigma, sample_rate=sampler.sample_rate)
             step += 1
@@ -214,8 +232,11 @@ def load_trained(out_dir: Path, generator_cls_or_name: type[Generator] | str | N
 def _identity(generator: Generator, config: TrainConfig, dp: DPConfig | None) -> dict[str, Any]:
     """What makes two calls the same run: generator, its config, loop settings and DP settings as given."""
     dp_dict = None if dp is None else {k: v for k, v in dataclasses.asdict(dp).items() if k != "grad_sample_mode"}
+    train = {k: getattr(config, k) for k in _RUN_IDENTITY}
+    if config.micro_batch:  # only when set, so that folders from before the setting existed still resume
+        train["micro_batch"] = config.micro_batch
     return _plain({"generator": generator.name, "generator_config": as_dict(generator.config),
-                   "train": {k: getattr(config, k) for k in _RUN_IDENTITY}, "dp": dp_dict})
+                   "train": train, "dp": dp_dict})
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,60 @@
+"""The per-user cache: phantom tables and public pretraining are computed once per user, give the same numbers
+as computing them again, and can be switched off."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import run_fakes
+import torch
+
+from cmraudit.data.sources import open_source
+from cmraudit.run import AuditRun
+from cmraudit.run.config import ModelSpec
+from cmraudit.run.folder import load_samples
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    root = tmp_path / "user-cache"
+    monkeypatch.setenv("CMRAUDIT_CACHE_DIR", str(root))
+    return root
+
+
+def test_a_cached_phantom_table_equals_a_fresh_render(cache, monkeypatch):
+    first = open_source("phantom:3,seed=7").load(32)
+    assert len(list((cache / "phantom").glob("*.npz"))) == 1
+    again = open_source("phantom:3,seed=7").load(32)  # from the cache
+    monkeypatch.setenv("CMRAUDIT_CACHE_DIR", "off")
+    fresh = open_source("phantom:3,seed=7").load(32)
+    for table in (again, fresh):
+        assert torch.equal(table.images, first.images) and torch.equal(table.masks, first.masks)
+        assert table.masks.dtype == first.masks.dtype == torch.int64
+        for column in ("patients", "vendors", "pathologies", "phases", "slice_index"):
+            assert np.array_equal(getattr(table, column), getattr(first, column))
+        assert table.source == first.source and table.meta == first.meta
+
+
+def test_a_corrupt_cache_entry_is_rendered_again(cache):
+    first = open_source("phantom:2,seed=7").load(32)
+    (entry,) = (cache / "phantom").glob("*.npz")
+    entry.write_bytes(b"not an npz")
+    assert torch.equal(open_source("phantom:2,seed=7").load(32).images, first.images)
+
+
+def test_public_pretraining_is_reused_across_runs_with_the_same_numbers(cache, register_plugin, tmp_path):
+    register_plugin(run_fakes.FakePlugins(), name="run-fakes")
+    models = [ModelSpec("fast-tiny-dp2", "fast-tiny", 2.0)]
+
+    def run(out):
+        config = run_fakes.tiny_config(out, models=models, dp={"accountant": "rdp"})
+        return AuditRun(config).run()
+
+    cold = run(tmp_path / "a")
+    warm = run(tmp_path / "b")
+    assert cold["models"]["fast-tiny-dp2"]["training"]["public_pretraining"]["from_user_cache"] is False
+    assert warm["models"]["fast-tiny-dp2"]["training"]["public_pretraining"]["from_user_cache"] is True
+    assert len(list((cache / "pretraining").iterdir())) == 1
+    a = load_samples(tmp_path / "a" / "models" / "fast-tiny-dp2" / "samples.npz")
+    b = load_samples(tmp_path / "b" / "models" / "fast-tiny-dp2" / "samples.npz")
+    assert torch.equal(a.images, b.images)
+    assert cold["models"]["fast-tiny-dp2"]["training"]["dp"] == warm["models"]["fast-tiny-dp2"]["training"]["dp"]
