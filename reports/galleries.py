@@ -114,7 +114,26 @@ class GallerySection(ReportSection):
 
 
 def _first(table, column: str, value: str) -> np.ndarray:
-    return np.flatnonzero(getattr(table, column) == value)[:GALLERY_TILES]
+    return gallery_rows(table, getattr(table, column) == value)
+
+
+def gallery_rows(table, selected: np.ndarray, n: int = GALLERY_TILES) -> np.ndarray:
+    """Up to ``n`` of the ``selected`` rows, one per patient (its mid-ventricular slice, ED first), so a gallery cell
+    shows several patients rather than neighbouring slices of one; rows of one patient fill in when fewer exist."""
+    rows = np.flatnonzero(selected)
+    if len(rows) <= n:
+        return rows
+    picked = []
+    for patient in dict.fromkeys(table.patients[rows].tolist()):  # in table order
+        own = rows[table.patients[rows] == patient]
+        ed = own[table.phases[own] == "ED"]
+        own = ed if len(ed) else own
+        own = own[np.argsort(table.slice_index[own], kind="stable")]
+        picked.append(int(own[len(own) // 2]))
+        if len(picked) == n:
+            return np.asarray(picked)
+    rest = [r for r in rows.tolist() if r not in set(picked)]
+    return np.asarray(picked + rest[:n - len(picked)])
 
 
 def _tiles_uri(tiles: np.ndarray) -> str:

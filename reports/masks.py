@@ -15,6 +15,7 @@ from cmraudit.errors import RunError
 from cmraudit.run.folder import load_masks
 
 from . import figures
+from .galleries import gallery_rows
 from .page import fmt, ok_models
 
 TILES = 4
@@ -62,11 +63,11 @@ def _gallery(report, generated, painters: list[str]) -> Any:
     headers = ["pathology", "real masks (members)", "generated masks", *painters]
     rows = []
     for pathology in PATHOLOGIES:
-        picked = np.flatnonzero(generated.pathologies == pathology)[:TILES]
+        picked = gallery_rows(generated, generated.pathologies == pathology, TILES)
         if not len(picked):
             continue
         cells: list[Any] = [pathology]
-        found = np.flatnonzero(real.pathologies == pathology)[:TILES] if real is not None else []
+        found = gallery_rows(real, real.pathologies == pathology, TILES) if real is not None else []
         cells.append(_img(figures.masks_rgb(real.masks[found].numpy())) if len(found) else "—")
         cells.append(_img(figures.masks_rgb(generated.masks[picked].numpy())))
         for model in painters:
