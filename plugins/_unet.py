@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from cmraudit.api import Batch, Conditioning, Generator, StepRunner
 from cmraudit.errors import ConfigError
@@ -32,6 +31,9 @@ class UNetConfig:
     attention_levels: tuple[bool, ...] = (False, False, False)
     norm_groups: int = 8
     num_head_channels: int = 16
+    #: attention through torch's scaled_dot_product_attention (flash / memory-efficient kernels, Dao et al. 2022,
+    #: "FlashAttention"): the same maths without storing the (tokens x tokens) attention matrix for backward
+    use_flash_attention: bool = False
     lr: float = 5e-4
     weight_decay: float = 0.0
     #: classifier-free guidance: training-time drop rates and the sampling-time scale (1 = no guidance, one pass)
@@ -55,15 +57,20 @@ def unet_profiles() -> dict[str, dict[str, Any]]:
         # profile the most revealing level differed by family, low noise for flow, 0.5 for diffusion
         "quick": dict(channels=(16, 32, 32), norm_groups=8, attention_levels=(False, False, False), lr=1e-3,
                       sample_steps=10, signal_levels=(0.05, 0.2, 0.5)),
+        # flash attention: without the 32x32 level's stored attention matrices a bf16 training step needs 205
+        # instead of 280 MiB per example (benchmarks/bench_standard_memory.py, docs/gpu.md)
         "standard": dict(channels=(64, 128, 128, 256), num_res_blocks=2, norm_groups=32,
                          attention_levels=(False, False, True, True), num_head_channels=32, lr=2e-4,
-                         sample_steps=25, guidance_scale=1.5, mask_dropout=0.05),
+                         sample_steps=25, guidance_scale=1.5, mask_dropout=0.05, use_flash_attention=True),
     }
 
 
 #: training-loop overrides per profile: the quick UNet step costs ~0.25 s at batch 16 on one CPU core, so 150 steps
 #: keep each UNet model near 35 s (the quick profile trains all four generators plus a DP diffusion in ~3 min)
-UNET_TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {"quick": {"steps": 150}}
+UNET_TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {"quick": {"steps": 150},
+                                                    # standard: the global batch of 64 in two passes of 32 keeps a
+                                                    # step under ~13 GiB even in fp32 (bf16: ~7 GiB), see docs/gpu.md
+                                                    "standard": {"micro_batch": 32}}
 
 
 def _channels_last_on_cpu(method: Callable) -> Callable:
@@ -105,7 +112,7 @@ class ConditionalUNet(nn.Module):
             spatial_dims=2, in_channels=image_channels + conditioning.n_labels, out_channels=image_channels,
             channels=tuple(config.channels), attention_levels=tuple(config.attention_levels),
             num_res_blocks=config.num_res_blocks, norm_num_groups=config.norm_groups,
-            num_head_channels=config.num_head_channels,
+            num_head_channels=config.num_head_channels, use_flash_attention=config.use_flash_attention,
             num_class_embeds=1,  # creates MONAI's class-embedding slot; replaced by the factorised embedding below
         )
         time_embed_dim = config.channels[0] * 4  # MONAI's choice for the timestep embedding width
@@ -187,6 +194,10 @@ class UNetGenerator(Generator, abc.ABC):
         output = self._predict(x, torch.full((x.shape[0],), model_time, device=device), cond).float()
         return self.split_prediction(output, x, level)
 
+    def loss_weights(self, model_time: torch.Tensor) -> torch.Tensor:
+        """Per-example weight of the training loss at ``model_time`` (B,); uniform unless a family overrides it."""
+        return torch.ones_like(model_time, dtype=torch.float32)
+
     # ------------------------------------------------------------------ shared
     def _predict(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
         return self.nets["unet"](x, t, cond.onehot, cond.labels)
@@ -198,7 +209,8 @@ class UNetGenerator(Generator, abc.ABC):
         x_t, t, target = self.training_target(batch.images, torch.randn_like(batch.images))
         with runner.autocast():
             prediction = self._predict(x_t, t, cond)
-        loss = F.mse_loss(prediction.float(), target)
+        per_example = ((prediction.float() - target) ** 2).flatten(1).mean(dim=1)
+        loss = (per_example * self.loss_weights(t)).mean()
         runner.optimize("unet", loss)
         return {"loss": float(loss.detach())}
 

@@ -37,6 +37,11 @@ class DiffusionConfig(UNetConfig):
     #: steps, phantom 64 px) a segmenter's Dice against the conditioning masks was 0.82 with v, 0.17 with epsilon
     prediction_type: str = "v_prediction"
     sampler: str = "dpm"  # "ddim" | "dpm"
+    #: Min-SNR-gamma loss weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting
+    #: Strategy"): each timestep's loss is weighted by min(SNR_t, gamma) / SNR_t (epsilon) or / (SNR_t + 1) (v), so
+    #: the nearly-clean timesteps stop dominating the gradient; the paper's gamma = 5 converges ~3x faster. 0 = off:
+    #: on the quick profile (150 steps, phantom 64 px) gamma = 5 doubled FD (0.63 vs 0.32) and cut coverage to 0.50
+    min_snr_gamma: float = 0.0
 
 
 class DiffusionGenerator(UNetGenerator):
@@ -71,6 +76,14 @@ class DiffusionGenerator(UNetGenerator):
     def training_target(self, x_data: torch.Tensor, noise: torch.Tensor):
         t = torch.randint(0, self.config.train_timesteps, (x_data.shape[0],), device=x_data.device)
         return self._noised(x_data, noise, t)
+
+    def loss_weights(self, model_time: torch.Tensor) -> torch.Tensor:
+        if self.config.min_snr_gamma <= 0:
+            return super().loss_weights(model_time)
+        abar = self.schedule.alphas_cumprod.to(model_time.device)[model_time.long()]
+        snr = abar / (1.0 - abar)
+        denominator = snr if self.config.prediction_type == "epsilon" else snr + 1.0
+        return (snr.clamp(max=self.config.min_snr_gamma) / denominator).float()
 
     def _level_step(self, level: float) -> int:
         return min(self.config.train_timesteps - 1, round(level * (self.config.train_timesteps - 1)))

@@ -113,7 +113,10 @@ class VAEGenerator(Generator):
     def profile_config(cls, profile: str) -> dict[str, Any]:
         return {
             "smoke": dict(channels=(8, 16), latent_dim=8, norm_groups=4, kl_warmup_steps=2),
-            "quick": dict(channels=(16, 32, 64), latent_dim=32, kl_warmup_steps=150),
+            # beta = 0.5 (Higgins et al. 2017, "beta-VAE", here beta < 1 to favour reconstruction) and a 64-d
+            # latent: on the default phantom FD 0.58 -> 0.45, coverage 0.48 -> 0.58, TSTR Dice 0.845 -> 0.854 against
+            # beta = 1 with 32 dimensions, at the same cost per step (only the two Linear layers grow)
+            "quick": dict(channels=(16, 32, 64), latent_dim=64, kl_weight=0.5, kl_warmup_steps=150),
             "standard": dict(channels=(64, 128, 256, 256), latent_dim=128, norm_groups=16, lr=3e-4,
                              kl_warmup_steps=2000),
         }.get(profile, {})

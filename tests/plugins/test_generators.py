@@ -152,7 +152,7 @@ def test_profiles_build_opacus_valid_networks(name, profile, size):
     for n in gen.private_networks():
         assert ModuleValidator.validate(gen.nets[n], strict=False) == [], (name, profile, n)
     cls = registered("generators")[name]
-    assert set(cls.train_overrides(profile)) <= {"steps", "batch_size", "checkpoint_every", "ema_decay"}
+    assert set(cls.train_overrides(profile)) <= {"steps", "batch_size", "checkpoint_every", "ema_decay", "micro_batch"}
 
 
 def test_gan_protects_both_networks():
