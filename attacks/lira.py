@@ -42,6 +42,26 @@ def shadow_subsets(reference: list[str], k: int, seed: int) -> list[list[str]]:
     return out
 
 
+def shadow_plan(reference: list[str], k: int, seed: int) -> list[tuple[list[str], int]]:
+    """The ``(patients, seed)`` of each of the ``k`` shadows an audit with this run seed asks ``train_shadow`` for,
+    in order: what a distributed executor trains ahead of the audit (which then reloads them). Empty when there
+    are too few reference patients for shadows."""
+    if k < 1 or len(reference) < 2:
+        return []
+    return [(patients, seed + 1000 + j) for j, patients in enumerate(shadow_subsets(reference, k, seed))]
+
+
+def planned_shadows(ctx: AuditContext) -> list[tuple[list[str], int]]:
+    """``shadow_plan`` for the audit ``ctx`` describes: the shadows ``LiRA.run`` will ask ``ctx.train_shadow`` for
+    (only the split, profile, seed and options of ``ctx`` are read, so it can be built before the model exists)."""
+    return shadow_plan(ctx.split.reference, shadow_count(ctx.settings(LiRA)), ctx.seed)
+
+
+def shadow_count(settings: dict) -> int:
+    """K from LiRA's settings (``ctx.settings(LiRA)``: ``[options.lira] shadows``)."""
+    return int(settings.get("shadows", DEFAULT_SHADOWS))
+
+
 def shadow_models(ctx: AuditContext, k: int) -> list[tuple[Generator, set[str]]]:
     """The first ``k`` shadow generators and the reference patients each was trained on (cached in ctx.cache)."""
     if ctx.train_shadow is None:
@@ -49,10 +69,10 @@ def shadow_models(ctx: AuditContext, k: int) -> list[tuple[Generator, set[str]]]
     if len(ctx.split.reference) < 2:
         raise NotApplicable("shadow models need at least two reference patients")
     out = []
-    for j, patients in enumerate(shadow_subsets(ctx.split.reference, k, ctx.seed)):
+    for j, (patients, seed) in enumerate(shadow_plan(ctx.split.reference, k, ctx.seed)):
         key = ("shadow", j, tuple(patients))
         if key not in ctx.cache:
-            ctx.cache[key] = ctx.train_shadow(patients, ctx.seed + 1000 + j)
+            ctx.cache[key] = ctx.train_shadow(patients, seed)
         out.append((ctx.cache[key], set(patients)))
     return out
 
@@ -90,7 +110,7 @@ class LiRA(Attack):
 
     def run(self, ctx: AuditContext) -> AttackResult:
         gen = generator_or_skip(ctx)
-        k = int(ctx.settings(self).get("shadows", DEFAULT_SHADOWS))
+        k = shadow_count(ctx.settings(self))
         if k < 1:
             raise NotApplicable("[options.lira] shadows is 0")
         shadows = shadow_models(ctx, k)

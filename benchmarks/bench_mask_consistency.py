@@ -28,10 +28,10 @@ import torch
 from cmraudit.api import Batch, Conditioning
 from cmraudit.data.sources import open_source
 from cmraudit.data.splits import make_split
-from cmraudit.training.privacy import DPConfig
-from cmraudit.registry import registered
 from cmraudit.measure.segmenter import predict, train_segmenter
+from cmraudit.registry import registered
 from cmraudit.training.loop import TrainConfig, train
+from cmraudit.training.privacy import DPConfig
 
 
 def label_r2(images: torch.Tensor, masks: torch.Tensor, n_labels: int = 4) -> np.ndarray:

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import torch
-
-from cmraudit.api import AuditContext
 from cmraudit.attacks.fidelity import Fidelity
 from cmraudit.attacks.utility import Utility
+
+from cmraudit.api import AuditContext
 from cmraudit.data.sources import open_source
 from cmraudit.data.splits import make_split
 from cmraudit.measure.features import get_encoder

@@ -31,6 +31,12 @@ _CANARIES = typer.Option(None, "--canaries", help="Canary patients, each trained
 _CANARY_DATA = typer.Option(None, "--canary-data", help="Where canaries come from: phantom (its own seed) or a data "
                             "spec. (default: phantom)")
 _SET = typer.Option(None, "--set", "-s", help="Any setting as KEY=VALUE (train.steps=50, generator.vae.lr=1e-3).")
+_EXECUTOR = typer.Option(None, "--executor", help="Where the models' work runs: local (this process, model after "
+                         "model) or ray (tasks on a Ray cluster; pip install \"cmraudit[ray]\"). (default: local)")
+_ADDRESS = typer.Option(None, "--address", help="With --executor ray: the cluster to join (auto, HOST:PORT or "
+                        "ray://HOST:10001); without it a local Ray instance is started.")
+_MODEL = typer.Option(None, "--model", help="train only: the models to train, comma-separated (default: all). "
+                      "Under torchrun the processes train each one together.")
 _FORCE = typer.Option(False, "--force", help="Recompute finished stages instead of skipping them.")
 _REDACT = typer.Option(False, "--redact", help="Report without real patient pixels (masks / blur instead).")
 _POLICY = typer.Option(None, "--policy", help="Policy TOML for the report's pass/fail verdicts (default: built-in).")
@@ -61,7 +67,8 @@ def _pipeline_command(name: str, doc: str) -> None:
                 mask_source: Optional[str] = _MASKS, device: Optional[str] = _DEVICE,
                 dp_pretrain: Optional[str] = _PRETRAIN, canaries: Optional[int] = _CANARIES,
                 canary_data: Optional[str] = _CANARY_DATA, assignments: Optional[list[str]] = _SET,
-                force: bool = _FORCE, redact: bool = _REDACT, policy: Optional[Path] = _POLICY) -> None:
+                executor: Optional[str] = _EXECUTOR, address: Optional[str] = _ADDRESS,
+                model: Optional[str] = _MODEL, force: bool = _FORCE, redact: bool = _REDACT, policy: Optional[Path] = _POLICY) -> None:
         from ..errors import UsageError
         from ..run.audit_run import open_run
         from .progress import ProgressView, console, summary_table
@@ -70,14 +77,26 @@ def _pipeline_command(name: str, doc: str) -> None:
             raise UsageError(f"two run folders given: {run_dir} and --out {out}")
         if name != "run" and (redact or policy):
             raise UsageError("--redact and --policy shape the report: use them with `cmraudit run` or `cmraudit report`")
+        if model and name != "train":
+            raise UsageError("--model selects what `cmraudit train` trains")
+        ranks = _join_torchrun(name, device, force)
+        if ranks is not None and not ranks.main:  # rank 0 runs the pipeline; this rank trains along, silently
+            from ..training.loop import follow
+
+            return follow(ranks)
         flags = _flags(data=data, generator=generator, attack=attack, metric=metric, dp_epsilon=dp_epsilon,
                        profile=profile, seed=seed, n=n, mask_source=mask_source, device=device,
                        dp_pretrain=dp_pretrain, canaries=canaries, canary_data=canary_data,
-                       assignments=assignments)
+                       assignments=assignments, executor=executor, ray_address=address)
+        if (executor or address) and name != "run":
+            raise UsageError("--executor and --address choose where `cmraudit run` runs its models")
         with ProgressView(console(stderr=True)) as view:
             run = open_run(run_dir or out, config_file=config, overrides=flags, force=force, progress=view)
             if name == "run":
                 run.run(redact=redact, policy=policy)
+            elif name == "train":
+                with _leading(ranks):
+                    run.train([m.strip() for m in model.split(",") if m.strip()] if model else None)
             else:
                 getattr(run, name)()
         console().print(summary_table(run.results))
@@ -96,6 +115,31 @@ def _pipeline_command(name: str, doc: str) -> None:
 
     command.__doc__ = doc
     app.command(name)(command)
+
+
+def _join_torchrun(name: str, device: Optional[str], force: bool) -> Any:
+    """The process group when launched by torchrun with several processes (``cmraudit train`` only), else None."""
+    import os
+
+    from ..errors import UsageError
+
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return None
+    if name != "train" or force:
+        raise UsageError("under torchrun only `cmraudit train` runs (without --force): the processes train each "
+                         "model together; sample, audit and report in one process afterwards")
+    from ..training.distributed import init_from_env
+
+    return init_from_env(device)
+
+
+def _leading(ranks: Any) -> Any:
+    """On rank 0 of a torchrun launch: every model it trains is trained by all the processes."""
+    import contextlib
+
+    from ..training.distributed import leading
+
+    return leading(ranks) if ranks is not None else contextlib.nullcontext()
 
 
 _pipeline_command("run", "Train, sample, audit and report: the whole audit in one run folder (resumable).")

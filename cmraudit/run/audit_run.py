@@ -222,13 +222,12 @@ class AuditRun:
         return target
 
     def run(self, *, redact: bool = False, policy: Any = None) -> dict[str, Any]:
-        """Every stage for every model, then the report; returns the results document."""
+        """Every stage for every model, then the report; returns the results document. Where the models' work
+        runs is the config's ``executor`` (``executors``): this process, or tasks on a Ray cluster."""
+        from .executors import executor_for
+
         self.prepare()
-        for spec in self.config.models:
-            # model by model, so the first model's full results exist early in a long run
-            self.train([spec.name])
-            self.sample([spec.name])
-            self.audit([spec.name])
+        executor_for(self.config, reopen=open_run).run(self)
         self.report(redact=redact, policy=policy)
         return self.results
 

@@ -19,6 +19,8 @@ A run.toml looks like::
     dp_pretrain = "phantom:200,seed=1"  # public data the DP variants start from ("none": from scratch)
     canaries = 100                  # canary patients, each trained on with probability 1/2 (0: none)
     canary_data = "phantom"         # where canaries come from: the phantom (its own seed) or any data spec
+    executor = "local"              # or "ray": models and LiRA shadows as Ray tasks (docs/scaling.md)
+    ray_address = ""                # with "ray": "" starts a local Ray, "auto" / "ray://head:10001" joins one
 
     [generator.diffusion]           # overrides of a generator family's Config
     base_channels = 32
@@ -26,6 +28,9 @@ A run.toml looks like::
     steps = 400
     [dp]                            # DPConfig settings shared by the DP variants
     delta = 1e-5
+    [executor_resources]            # what each Ray task asks for
+    num_cpus = 1
+    num_gpus = 0
     [[model]]                       # an explicit extra variant
     name = "vae-dp3"
     generator = "vae"
@@ -67,6 +72,9 @@ DEFAULT_DP_PRETRAIN = "phantom:200,seed=1"
 #: private one where the real patients are too few (see cmraudit.run.canaries)
 PROFILE_CANARIES = {"smoke": 16, "quick": 100, "standard": 200}
 #: settings whose change makes an existing run folder's split, checkpoints and scores meaningless
+#: where a run's work runs (cmraudit.run.executors), and what each Ray task may ask for (``ray.remote`` options)
+EXECUTORS = ("local", "ray")
+EXECUTOR_RESOURCES = ("num_cpus", "num_gpus", "memory", "resources")
 ESSENTIAL = ("data", "seed", "profile", "image_size", "split", "dp_pretrain", "canaries", "canary_data",
              "canary_slices")
 
@@ -142,6 +150,12 @@ class RunConfig:
     split: dict[str, float] = field(default_factory=dict)
     #: per-plugin options for attacks and metrics, keyed by plugin name (``[options.lira] shadows = 2``)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: where the models' work runs (cmraudit.run.executors): "local" (in this process, model after model) or
+    #: "ray" (tasks on a Ray cluster: ``ray_address`` "" starts a local one, "auto" or "ray://host:10001" joins one),
+    #: each task asking for ``executor_resources`` (``num_cpus``, ``num_gpus``, ``memory``, ``resources``)
+    executor: str = "local"
+    ray_address: str = ""
+    executor_resources: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -160,6 +174,13 @@ class RunConfig:
             self.dp_pretrain = "none"
         if self.mask_source not in MASK_SOURCES:
             raise ConfigError(f"mask_source must be one of {', '.join(MASK_SOURCES)}, got {self.mask_source!r}")
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        self.ray_address = str(self.ray_address or "").strip()
+        unknown = set(self.executor_resources) - set(EXECUTOR_RESOURCES)
+        if unknown:
+            raise ConfigError(f"executor_resources: unknown key(s) {', '.join(sorted(unknown))}; known: "
+                              f"{', '.join(EXECUTOR_RESOURCES)}")
         if not self.models:
             self.models = expand_models(None, None)
         names = [m.name for m in self.models]
@@ -201,7 +222,11 @@ class RunConfig:
             "dp_pretrain": self.dp_pretrain,
             "canaries": self.canaries, "canary_data": self.canary_data, "canary_slices": self.canary_slices,
         }
-        for key in ("generator", "train", "dp", "split", "options"):
+        if self.executor != "local":  # how a run is executed changes none of its numbers: written when not local
+            d["executor"] = self.executor
+            if self.ray_address:
+                d["ray_address"] = self.ray_address
+        for key in ("generator", "train", "dp", "split", "options", "executor_resources"):
             if getattr(self, key):
                 d[key] = getattr(self, key)
         d["model"] = [m.to_toml_dict() for m in self.models]
@@ -272,7 +297,7 @@ def merge_layers(layers: list[tuple[str, dict[str, Any]]]) -> RunConfig:
                 for family, table in value.items():
                     merged.setdefault(family, {}).update(table)
                 values[key] = merged
-            elif key in ("train", "dp", "split") and isinstance(value, dict):
+            elif key in ("train", "dp", "split", "executor_resources") and isinstance(value, dict):
                 values[key] = {**values.get(key, {}), **value}
             else:
                 values[key] = value

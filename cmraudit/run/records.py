@@ -4,12 +4,21 @@ A model's record moves ``pending`` → (train, sample, audit stages done) → ``
 and the error naming the plugin. Finishing a stage invalidates the ones after it (new samples make earlier audit
 numbers stale), and re-running a failed stage makes the model pending again. Every change is written at once,
 atomically, so an interrupted run leaves a valid document that says how far it got.
+
+Several processes may write one results.json (``executor = "ray"``: one task per model, each in its own process,
+perhaps on another machine sharing the run folder). Each process owns the records it changes (its model, its mask
+model) and nothing else: a save takes an exclusive ``fcntl.flock`` on ``results.json.lock`` beside the file, reads
+what is on disk, puts its own records over it (every other record as the disk has it), and writes atomically before
+letting go. A process alone with its folder (the in-process executor) reads back exactly what it wrote, so its
+document is the same as without the merge.
 """
 from __future__ import annotations
 
+import fcntl
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from .. import results as R
 from ..api import Split
@@ -24,9 +33,59 @@ class ModelRecords:
     def __init__(self, path: Path, doc: dict[str, Any]) -> None:
         self.path = path
         self.doc = doc
+        # the records this process has changed: a save writes these over what is on disk, and only these
+        self._owned: dict[str, set[str]] = {"models": set(), "mask_models": set()}
 
-    def save(self) -> None:
-        R.write(self.path, self.doc)
+    def save(self, then: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Write the document: under the lock, this process's records merged into the file's, then ``then(doc)``
+        (a change that must see every process's records, like the run's status)."""
+        with self._locked():
+            self._merge_from_disk()
+            if then is not None:
+                then(self.doc)
+            R.write(self.path, self.doc)
+
+    def reload(self) -> None:
+        """Catch up with what other processes wrote (this process's own records stay as they are)."""
+        with self._locked():
+            self._merge_from_disk()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An exclusive lock on ``results.json.lock`` for one read-merge-write (released when the process dies, so
+        a killed worker never leaves it held)."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _merge_from_disk(self) -> None:
+        """Take every record this process does not own from the file (keeping this process's order of models),
+        and the union of the baselines; the rest of the document is this process's."""
+        if not self.path.exists():
+            return
+        disk = R.load(self.path)
+        if disk.get("created") != self.doc.get("created"):
+            return  # another document (a forced restart replaced it): this process's is the one to write
+        for kind in ("models", "mask_models"):
+            theirs = disk.get(kind) or {}
+            if not theirs and kind not in self.doc:
+                continue
+            ours = self.doc.setdefault(kind, {})
+            merged = {name: entry if name in self._owned[kind] or name not in theirs else theirs[name]
+                      for name, entry in ours.items()}
+            merged.update((name, entry) for name, entry in theirs.items() if name not in merged)
+            self.doc[kind] = merged
+        baselines = self.doc.setdefault("baselines", {})
+        for key, values in (disk.get("baselines") or {}).items():
+            baselines[key] = {**values, **baselines.get(key, {})}
+
+    def _own(self, kind: str, name: str) -> None:
+        self._owned[kind].add(name)
 
     def entry(self, model: str) -> dict[str, Any]:
         """A model's record, to read (change it through the methods of this class)."""
@@ -42,16 +101,19 @@ class ModelRecords:
 
     def restart(self, model: str, generator: str, dp_epsilon: float | None) -> None:
         """A fresh record for a model about to be (re)trained: nothing of the old one stands."""
+        self._own("models", model)
         family = self.entry(model).get("family") or "other"
         self.doc["models"][model].update(R.new_model(model, generator, family, dp_epsilon))
 
     def begin(self, model: str) -> None:
         """A stage starts: a model that failed before is pending again until it finishes."""
+        self._own("models", model)
         entry = self.entry(model)
         entry["status"], entry["error"] = "pending", None
 
     def finish(self, model: str, stage: str, **fields: Any) -> None:
         """``stage`` is done with ``fields`` (e.g. ``training=``, ``samples=``); later stages must run again."""
+        self._own("models", model)
         entry = self.entry(model)
         entry.update(fields)
         entry["stages"][stage] = True
@@ -65,6 +127,7 @@ class ModelRecords:
     def fail(self, model: str, stage: str, message: str) -> str:
         """Record a crashed stage (later stages of this model are skipped, other models go on); returns the
         error as recorded."""
+        self._own("models", model)
         entry = self.entry(model)
         entry["status"] = "failed"
         entry["error"] = f"{stage}: {message}"
@@ -74,6 +137,7 @@ class ModelRecords:
     def record(self, model: str, kind: str, name: str, result: dict[str, Any], save: bool = True) -> None:
         """An attack's or metric's entry (``kind`` is "attacks" or "metrics"), written at once unless ``save`` is
         false (the caller saves soon after)."""
+        self._own("models", model)
         self.entry(model)[kind][name] = result
         if kind == "metrics" and result.get("status") == "ok":
             record_baselines(self.doc, result["values"])
@@ -92,17 +156,20 @@ class ModelRecords:
         return entry is not None and entry["status"] == "ok"
 
     def start_mask(self, name: str, generator: str, dp_epsilon: float | None) -> None:
+        self._own("mask_models", name)
         self.doc.setdefault("mask_models", {})[name] = {
             "generator": generator, "dp_epsilon_target": dp_epsilon, "status": "pending", "error": None,
             "training": None, "masks": None}
         self.save()
 
     def finish_mask(self, name: str, **fields: Any) -> None:
+        self._own("mask_models", name)
         entry = self.doc["mask_models"][name]
         entry.update(fields, status="ok", error=None)
         self.save()
 
     def fail_mask(self, name: str, message: str) -> str:
+        self._own("mask_models", name)
         entry = self.doc["mask_models"][name]
         entry["status"], entry["error"] = "failed", message
         self.save()
@@ -110,9 +177,13 @@ class ModelRecords:
 
     def refresh_status(self, models: Iterable[str]) -> None:
         """The document is complete when every model of the run has finished (ok or failed)."""
-        done = all(self.entry(n)["status"] in ("ok", "failed") for n in models)
-        self.doc["status"] = "complete" if done else "running"
-        self.save()
+        names = list(models)
+
+        def status(doc: dict[str, Any]) -> None:  # over every process's records, as merged under the lock
+            done = all(doc["models"][n]["status"] in ("ok", "failed") for n in names)
+            doc["status"] = "complete" if done else "running"
+
+        self.save(then=status)
 
 
 def record_verdicts(model: str, entry: dict[str, Any]) -> None:

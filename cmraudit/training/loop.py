@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -30,12 +31,15 @@ import torch
 from ..api import PROFILES, Batch, Conditioning, Generator
 from ..data.types import SliceTable
 from ..dataclass_config import as_dict, build_dataclass
-from ..errors import ConfigError, DataError, RunError
+from ..errors import ConfigError, DataError
 from ..io import atomic_write_text
 from .accumulation import accumulated_step
-from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from .device import amp_dtype, describe, select_device
+from .distributed import World, device_rng_state, is_leading, set_device_rng_state, world
 from .privacy import DPConfig, UniformSampler, epsilon_spent, make_accountant, plan_private_training
+from .saved_run import existing, plain, read_summary
+from .sharding import sharded_step
 from .step_runner import EMA, LoopRunner
 
 Callback = Callable[[int, int, dict[str, float]], None]
@@ -122,37 +126,55 @@ def train(generator: Generator, table: SliceTable, config: TrainConfig, out_dir:
 
     On return the generator holds its sampling weights (EMA where it has ``ema_networks()``), unwrapped and in eval
     mode: exactly what ``load_trained(out_dir)`` rebuilds.
+
+    In an initialised process group (``torchrun``, see ``cmraudit.training.distributed``) every rank calls ``train``
+    with the same arguments (or rank 0 alone, leading, and the others ``follow``); the ranks share each step's
+    global batch, and rank 0 alone reads and writes ``out_dir`` and reports to ``callback``.
     """
     out_dir, config = Path(out_dir), config.validate()
     if len(table) == 0:
         raise DataError(f"{out_dir}: no training slices")
     identity = _identity(generator, config, dp)
-    if (out_dir / "training.json").is_file():
-        return _finished(generator, out_dir, identity, config)
-    saved = latest_checkpoint(out_dir / "checkpoints")
-    if saved:
-        _check_identity(saved[0], saved[1]["identity"], identity)
-    state = saved[1] if saved else None
-
+    ranks = world()
+    if ranks is not None and is_leading():
+        ranks.broadcast((generator, table, config, out_dir, dp))  # to the other ranks' ``follow``
+    kind, where, state = existing(out_dir, identity, generator, ranks)
     device = select_device(config.device)
+    if ranks is not None:
+        device = ranks.training_device(device)
+    if kind == "finished":
+        _load_final(generator, state)
+        generator.to(device).eval()
+        return TrainResult.from_dict(where)  # where: the finished run's training.json
+    if kind == "fresh":
+        if ranks is not None:  # rank 0's initial weights everywhere, however the other ranks built theirs
+            for name, sd in state.items():
+                generator.nets[name].load_state_dict(sd)
+        state = None
+    main = ranks is None or ranks.main
+
     dtype = amp_dtype(device, config.amp, private=dp is not None)
     generator.to(device).train()
     optimizers = generator.make_optimizers()
     runner = LoopRunner(generator, optimizers, device, dtype, config.grad_clip,
                         EMA({n: generator.nets[n] for n in generator.ema_networks()}, config.ema_decay))
+    runner.distribute(ranks)
     rng = torch.Generator()
-    private = plan_private_training(generator, optimizers, table, config.private_batch(), config.steps, dp, rng,
-                                    state)
+    plan = functools.partial(plan_private_training, generator, optimizers, table, config.private_batch(),
+                             config.steps, dp, rng, state)
+    # one calibration: rank 0's σ on every rank
+    private = plan() if ranks is None or dp is None else plan(sigma=ranks.from_main(lambda: plan().sigma))
     sampler = private.sampler if private else UniformSampler(table, config.batch_size, rng)
     accountant = make_accountant(dp.accountant, state["dp"]["history"] if state else None) if private else None
 
     step, seconds, window = 0, 0.0, collections.deque(maxlen=_LOG_WINDOW)
-    last = saved[0] if saved else None  # a run killed between its final checkpoint and training.json
+    last = where  # a run killed between its final checkpoint and training.json
     if state:
         for name, sd in state["nets"].items():
             generator.nets[name].load_state_dict(sd)
         runner.load_state_dict(state["runner"])
         set_rng_state(state["rng"], rng)
+        set_device_rng_state(state.get("device_rng"), device)
         step, seconds = state["step"], state["seconds"]
         window.extend(state["logs"])
     else:
@@ -164,10 +186,10 @@ def train(generator: Generator, table: SliceTable, config: TrainConfig, out_dir:
 
     def checkpoint() -> Path:
         ckpt = {"identity": identity, "seconds": seconds + time.perf_counter() - started, "logs": list(window),
-                "generator": generator.name, "generator_config": _plain(as_dict(generator.config)),
+                "generator": generator.name, "generator_config": plain(as_dict(generator.config)),
                 "conditioning": dataclasses.asdict(generator.conditioning),
                 "nets": {n: _unwrapped(generator, n).state_dict() for n in generator.nets},
-                "runner": runner.state_dict(), "rng": rng_state(rng),
+                "runner": runner.state_dict(), "rng": rng_state(rng), "device_rng": device_rng_state(device),
                 "dp": private.checkpoint_state(accountant) if private else None}
         return save_checkpoint(out_dir / "checkpoints", step, ckpt)
 
@@ -180,6 +202,8 @@ def train(generator: Generator, table: SliceTable, config: TrainConfig, out_dir:
             if len(rows) == 0:
                 runner.noise_only_step()
                 logs: dict[str, float] = {}
+            elif ranks is not None:
+                logs = sharded_step(generator, runner, ranks, columns, rows, config.micro_batch, private is not None)
             else:
                 runner.begin_step(len(rows))
                 passes = [rows] if private or not config.micro_batch else rows.split(config.micro_batch)
@@ -190,17 +214,19 @@ def train(generator: Generator, table: SliceTable, config: TrainConfig, out_dir:
             step += 1
             window.append(logs)
             logs = {**logs, "batch": float(len(rows))}
-            if step % config.checkpoint_every == 0 or step == config.steps:
+            if main and (step % config.checkpoint_every == 0 or step == config.steps):
                 last = checkpoint()
                 if private:
                     logs["epsilon"] = private.dp.record(private.sigma, sampler.sample_rate, step)["epsilon"]
-            if callback:
+            if callback and main:
                 callback(step=step, total=config.steps, logs=logs)
     finally:
         runner.release()
 
     seconds += time.perf_counter() - started
     _use_sampling_weights(generator, runner.ema.state_dict()["nets"])
+    if not main:  # rank 0's record, once it is on disk
+        return TrainResult.from_dict(ranks.broadcast(None))
     record = private.dp.record(private.sigma, sampler.sample_rate, step, epsilon_spent(
         private.dp.accountant, accountant.history, private.dp.delta)) if private else None
     result = TrainResult(step, round(seconds, 3), record, _mean_logs(window), describe(device))
@@ -208,14 +234,23 @@ def train(generator: Generator, table: SliceTable, config: TrainConfig, out_dir:
                "amp": str(dtype).replace("torch.", "") if dtype else None, "identity": identity,
                "dp_mechanism": private.mechanism() if private else None}
     atomic_write_text(out_dir / "training.json", json.dumps(summary, indent=2) + "\n")
+    if ranks is not None:
+        ranks.broadcast(summary)
     return result
+
+
+def follow(ranks: World) -> None:
+    """On a rank other than 0: train whatever rank 0, ``leading``, trains, until it lets go."""
+    while (job := ranks.broadcast(None)) is not None:
+        generator, table, config, out_dir, dp = job
+        train(generator, table, config, out_dir, dp=dp)
 
 
 def load_trained(out_dir: Path, generator_cls_or_name: type[Generator] | str | None = None,
                  device: str | None = None) -> Generator:
     """Rebuild a finished run's generator from its saved config with its sampling (EMA) weights, in eval mode."""
     out_dir = Path(out_dir)
-    summary = _read_summary(out_dir)
+    summary = read_summary(out_dir)
     state = load_checkpoint(out_dir / summary["checkpoint"])
     cls = generator_cls_or_name
     if cls is None or isinstance(cls, str):
@@ -235,39 +270,8 @@ def _identity(generator: Generator, config: TrainConfig, dp: DPConfig | None) ->
     train = {k: getattr(config, k) for k in _RUN_IDENTITY}
     if config.micro_batch:  # only when set, so that folders from before the setting existed still resume
         train["micro_batch"] = config.micro_batch
-    return _plain({"generator": generator.name, "generator_config": as_dict(generator.config),
+    return plain({"generator": generator.name, "generator_config": as_dict(generator.config),
                    "train": train, "dp": dp_dict})
-
-
-def _plain(value: Any) -> Any:
-    """JSON-like plain data (tuples as lists, other objects as strings): loadable with weights_only=True."""
-    return json.loads(json.dumps(value, default=str))
-
-
-def _check_identity(where: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
-    diffs = [k for k in current if _plain(saved.get(k)) != current[k]]
-    if diffs:
-        raise RunError(f"{where}: holds a run with different {', '.join(diffs)} settings; "
-                       "resume it with the same settings or train into a new folder")
-
-
-def _finished(generator: Generator, out_dir: Path, identity: dict, config: TrainConfig) -> TrainResult:
-    summary = _read_summary(out_dir)
-    _check_identity(out_dir / "training.json", summary.get("identity", {}), identity)
-    _load_final(generator, load_checkpoint(out_dir / summary["checkpoint"]))
-    generator.to(select_device(config.device)).eval()
-    return TrainResult.from_dict(summary)
-
-
-def _read_summary(out_dir: Path) -> dict[str, Any]:
-    path = out_dir / "training.json"
-    if not path.is_file():
-        raise RunError(f"{out_dir}: training has not finished (no training.json); run the same train command again "
-                       "to resume it")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{path}: not valid JSON ({exc})") from None
 
 
 def _load_final(generator: Generator, state: dict[str, Any]) -> None:

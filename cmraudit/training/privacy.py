@@ -250,9 +250,11 @@ class PrivatePlan:
 
 
 def plan_private_training(generator: Any, optimizers: dict, table: SliceTable, batch_size: int, steps: int,
-                          dp: DPConfig | None, rng: torch.Generator, state: dict | None) -> PrivatePlan | None:
+                          dp: DPConfig | None, rng: torch.Generator, state: dict | None,
+                          sigma: float | None = None) -> PrivatePlan | None:
     """The PrivatePlan of a DP run of ``steps`` steps at expected batch ``batch_size`` (None without DP); ``state``
-    is the checkpoint being resumed, if any."""
+    is the checkpoint being resumed, if any; ``sigma`` the per-step noise multiplier when already known (the
+    other ranks of a distributed run take rank 0's rather than calibrating again)."""
     if dp is None:
         return None
     networks = tuple(generator.private_networks())
@@ -263,6 +265,7 @@ def plan_private_training(generator: Any, optimizers: dict, table: SliceTable, b
     sampler = PoissonSampler(table, batch_size, dp.unit, rng)
     resolved = dp.for_units(sampler.n_units)
     # on resume, reuse the recorded σ rather than re-running the calibration
-    sigma = state["dp"]["noise_multiplier"] if state else calibrate(resolved, sampler.sample_rate, steps)
+    if sigma is None:
+        sigma = state["dp"]["noise_multiplier"] if state else calibrate(resolved, sampler.sample_rate, steps)
     return PrivatePlan(sampler=sampler, dp=resolved, networks=networks, sigma=sigma,
                        per_network_sigma=releases_noise(sigma, len(networks)))

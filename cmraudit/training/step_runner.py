@@ -26,6 +26,7 @@ from torch import nn
 from ..api import Generator, StepRunner
 from ..errors import PluginError
 from .device import autocast
+from .distributed import World, all_reduce_grads, paused_draws, reduced_noise
 
 if TYPE_CHECKING:
     from .grad_sample import FactoredGrad
@@ -164,6 +165,14 @@ class LoopRunner(StepRunner):
         self.private: tuple[str, ...] = ()
         self.batch_size = 0
         self._released: set[str] = set()
+        #: the process group when one model trains on several ranks (``distribute``); None alone
+        self.world: World | None = None
+        #: what ``optimize`` multiplies the loss by: a rank's share of the global batch (``training.sharding``)
+        self.loss_weight = 1.0
+
+    def distribute(self, world: World | None) -> None:
+        """Sum every update's gradients (DP: clipped sums, before the noise) over ``world``'s ranks."""
+        self.world = world
 
     @property
     def device(self) -> torch.device:
@@ -192,6 +201,8 @@ class LoopRunner(StepRunner):
             # the loss is a mean over the actual batch; Opacus re-weights to a sum and divides by the *expected*
             # batch size, as the analysis of Poisson-sampled DP-SGD requires
             optimizer_cls = FastDPOptimizer if grad_sample_mode == "fast" else DPOptimizer
+            if self.world is not None:
+                optimizer_cls = reduced_noise(optimizer_cls)
             self.optimizers[name] = optimizer_cls(self.raw_optimizers[name], noise_multiplier=noise_multiplier,
                                                 max_grad_norm=max_grad_norm, expected_batch_size=expected_batch,
                                                 loss_reduction="mean")
@@ -212,8 +223,15 @@ class LoopRunner(StepRunner):
         self._released.clear()
 
     def optimize(self, network: str | Iterable[str], loss: torch.Tensor) -> None:
-        """zero_grad, backward, clip (per example under DP), step, EMA — for one network or several sharing a loss."""
-        names = (network,) if isinstance(network, str) else tuple(network)
+        """zero_grad, backward, clip (per example under DP), step, EMA — for one network or several sharing a loss.
+
+        In a distributed run the gradients are summed over the ranks after the backward pass: the non-private
+        networks' here, the private networks' clipped sums inside their DP optimiser (``reduced_noise``)."""
+        with paused_draws():
+            self._optimize((network,) if isinstance(network, str) else tuple(network),
+                           loss if self.loss_weight == 1.0 else loss * self.loss_weight)
+
+    def _optimize(self, names: tuple[str, ...], loss: torch.Tensor) -> None:
         for name in names:
             if name not in self.optimizers:
                 raise PluginError(f"generator {self.generator.name!r}: optimize({name!r}) but make_optimizers() "
@@ -228,6 +246,9 @@ class LoopRunner(StepRunner):
             # Opacus' hooks on a private network's first layer fire although its input needs no gradient: expected
             warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
             (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.world is not None:  # before unscaling and clipping: every rank then sees the global gradient
+            all_reduce_grads([p for name in names if name not in self.private
+                              for p in unwrap(self.generator.nets[name]).parameters()])
         for name in names:
             optimizer = self.optimizers[name]
             if name in self.private:
