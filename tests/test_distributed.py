@@ -131,3 +131,24 @@ def test_a_checkpoint_written_by_two_processes_resumes_in_one(two_ranks, tmp_pat
     two = _load(two_ranks, "gan-dp")
     _assert_weights_close(weights, two["weights"], atol=1e-6)
     assert result.dp == two["result"]["dp"]
+
+
+def test_the_documented_torchrun_command_trains_what_one_process_trains(tmp_path):
+    """docs/scaling.md's command, as a user types it: ``torchrun -m cmraudit train`` with two CPU processes, against
+    ``cmraudit train`` in one, on the same run settings."""
+    import subprocess
+    import sys
+
+    from cmraudit.training.loop import load_trained
+
+    settings = ["--model", "vae", "--generator", "vae", "--profile", "smoke", "--data", "phantom:12", "--canaries", "0",
+                "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CMRAUDIT_THREADS": "1"}
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "cmraudit",
+           "train", str(tmp_path / "two"), *settings]
+    one = [sys.executable, "-m", "cmraudit", "train", str(tmp_path / "one"), *settings]
+    for cmd in (two, one):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    a, b = (load_trained(tmp_path / name / "models" / "vae", device="cpu") for name in ("two", "one"))
+    _assert_weights_close(_weights(a), _weights(b), atol=1e-5)
