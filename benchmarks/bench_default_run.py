@@ -96,9 +96,12 @@ def breakdown(doc: dict) -> None:
     plugins: dict[str, float] = {}
     for name, model in doc.get("models", {}).items():
         train = (model.get("training") or {}).get("seconds") or 0.0
-        pre = ((model.get("training") or {}).get("public_pretraining") or {}).get("seconds") or 0.0
+        pretraining = (model.get("training") or {}).get("public_pretraining") or {}
         sample = (model.get("samples") or {}).get("seconds") or 0.0
-        extra = f" (+ public pretraining {pre:.1f} s)" if pre else ""
+        if pretraining.get("from_user_cache"):
+            extra = " (+ public pretraining from the user cache)"
+        else:
+            extra = f" (+ public pretraining {pretraining['seconds']:.1f} s)" if pretraining.get("seconds") else ""
         print(f"  {name:<16} train {train:7.1f} s{extra}   sample {sample:6.1f} s   status {model.get('status')}")
         for kind in ("attacks", "metrics"):
             for plugin, entry in (model.get(kind) or {}).items():
