@@ -83,6 +83,12 @@ class World:
     def barrier(self) -> None:
         dist.barrier()
 
+    def close(self) -> None:
+        """Leave the group together: a rank that exits while another is still inside the last collective makes
+        Gloo abort that one (seen as a SIGABRT of a rank at the very end of a torchrun launch)."""
+        dist.barrier()
+        dist.destroy_process_group()
+
     def sum_logs(self, logs: dict[str, float]) -> dict[str, float]:
         """Every rank's share-weighted logs summed: the global batch's logs (same keys on every rank)."""
         keys = sorted(logs)
@@ -134,6 +140,7 @@ def leading(w: World) -> Iterator[None]:
     finally:
         _leading = False
         w.broadcast(None)
+        w.close()
 
 
 # --------------------------------------------------------------------------------------------------- shards

@@ -244,6 +244,7 @@ def follow(ranks: World) -> None:
     while (job := ranks.broadcast(None)) is not None:
         generator, table, config, out_dir, dp = job
         train(generator, table, config, out_dir, dp=dp)
+    ranks.close()
 
 
 def load_trained(out_dir: Path, generator_cls_or_name: type[Generator] | str | None = None,
