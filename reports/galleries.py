@@ -48,7 +48,7 @@ class DcrSection(ReportSection):
     def render(self, report) -> str:
         items = []
         for model in ok_models(report):
-            found = _memorization_arrays(report, model)
+            found = _memorization_arrays(report, model, "dcr_train_")
             if found is not None:
                 attack, arrays = found
                 for space in ("pixel", "encoder"):
@@ -73,12 +73,13 @@ class DcrSection(ReportSection):
         return report.render("dcr.html", figures=report.part("figures", items))
 
 
-def _memorization_arrays(report, model: str) -> tuple[str, dict[str, np.ndarray]] | None:
-    """(attack name, saved arrays) of the model's first memorisation attack with saved scores."""
+def _memorization_arrays(report, model: str, prefix: str) -> tuple[str, dict[str, np.ndarray]] | None:
+    """(attack name, saved arrays) of the model's first memorisation attack that saved an array named ``prefix``...
+    (image attacks save distances and pairs; the mask attack saves other arrays)."""
     for attack, entry in (report.models[model].get("attacks") or {}).items():
         if entry.get("kind") == "memorization":
             result = report.scores(model, attack)
-            if result is not None and result.arrays:
+            if result is not None and any(name.startswith(prefix) for name in result.arrays):
                 return attack, result.arrays
     return None
 
@@ -149,8 +150,8 @@ class MemorisationSection(ReportSection):
         blocks = []
         members = report.real("members")
         for model in ok_models(report):
-            found = _memorization_arrays(report, model)
-            if found is not None and "pairs_train" in found[1] and len(found[1]["pairs_train"]):
+            found = _memorization_arrays(report, model, "pairs_train")
+            if found is not None and len(found[1]["pairs_train"]):
                 attack, arrays = found
                 pairs = (report.models[model]["attacks"][attack].get("details") or {}).get("pairs") or []
                 rows = arrays.get("pairs_train_index")
