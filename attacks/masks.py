@@ -82,6 +82,11 @@ class MaskPlausibility(Metric):
         }
 
 
+#: a generated mask "replays" a member when it is this many times closer to the member's mask than to any held-out
+#: patient's (the memorisation attack's 1/3 for images)
+REPLAY_RATIO = 1 / 3
+
+
 class MaskMemorization(Attack):
     name = "mask-memorization"
     kind = "memorization"
@@ -126,6 +131,11 @@ class MaskMemorization(Attack):
             details["dcr_share"] = {"value": share, "ci": list(ci), "real_baseline": base,
                                     "real_baseline_ci": list(base_ci), "holdout_patients": len(holdout.patient_ids)}
             arrays["closest_holdout_distance"] = d_hold.min(1)
+        # per generated mask, for the release filter: a replay is much closer to a member's mask than to any
+        # never-trained-on patient's (the ratio rule of cmraudit.attacks.memorization, on 1 - Dice)
+        reference = arrays.get("closest_holdout_distance", arrays["closest_nonmember_distance"])
+        arrays["mask_replayed"] = arrays["closest_member_distance"] < REPLAY_RATIO * reference
+        details["replayed_share"] = float(arrays["mask_replayed"].mean())
         return AttackResult(-d_members.min(0), -d_nonmembers.min(0), np.asarray(member_ids, str),
                             np.asarray(nonmember_ids, str), level="patient", details=details, arrays=arrays)
 

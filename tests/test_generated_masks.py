@@ -44,6 +44,8 @@ def test_generated_masks_condition_every_model_of_their_budget(fakes, tmp_path):
     image_eps = doc["models"]["fast-tiny-dp2"]["training"]["dp"]["epsilon"]
     assert privacy["epsilon"] == pytest.approx(image_eps + mask_dp["epsilon"])
     assert "privacy" not in doc["models"]["fast-tiny"]["samples"]
+    judged = {r["rule"]: r for r in doc["models"]["fast-tiny-dp2"]["verdict"]["rules"]}
+    assert judged["max_epsilon"]["value"] == pytest.approx(privacy["epsilon"]), "the gate judges the whole cohort"
     assert "Generated masks" in (out / "report.html").read_text()
 
     # a rerun trains nothing again: the mask models and their masks stand

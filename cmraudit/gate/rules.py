@@ -133,10 +133,14 @@ def dp_audit_consistent(model: dict[str, Any]) -> Measurement | None:
 
 
 def epsilon(model: dict[str, Any], settings: dict[str, Any]) -> Measurement:
-    """DP ε the accountant recorded; a model trained without DP has ε = ∞."""
+    """DP ε the accountant recorded; a model trained without DP has ε = ∞. A synthetic set drawn on a DP mask
+    model's generated masks is judged by the cohort's composed ε (mask model + image model, same members)."""
     training = model.get("training")
     if not training:
         return Measurement(None, "no training record")
+    composed = ((model.get("samples") or {}).get("privacy") or {}).get("epsilon")
+    if composed is not None:
+        return Measurement(composed, "DP accountants of the mask and image models, composed")
     eps = (training.get("dp") or {}).get("epsilon")
     return Measurement(math.inf, "trained without differential privacy") if eps is None else Measurement(eps, "DP accountant")
 

@@ -141,6 +141,13 @@ def render_markdown(sheet: dict[str, Any]) -> str:
         md += _table(["ε", "δ", "σ (noise multiplier)", "q (sample rate)", "steps", "clip C", "accountant", "unit"],
                      [[dp.get("epsilon"), dp.get("delta"), dp.get("noise_multiplier"), dp.get("sample_rate"),
                        dp.get("steps"), dp.get("max_grad_norm"), dp.get("accountant"), dp.get("unit")]])
+    composed = sheet["privacy"].get("cohort")
+    if composed:  # two-stage generation: the masks' DP model and the images' were trained on the same members
+        md += [f"**The cohort as a whole: ε = {_f(composed.get('epsilon'))}, δ = {_f(composed.get('delta'))}** — "
+               f"its masks come from the DP mask model `{composed.get('mask_model')}` (ε = "
+               f"{_f(composed.get('mask_epsilon'))}) and its images from this model (ε = "
+               f"{_f(composed.get('image_epsilon'))}), both trained on the same patients: "
+               f"{composed.get('composition')} composition adds them.", ""]
     pre = sheet["privacy"]["public_pretraining"]
     md += ["Public pretraining: " + ("none." if not pre else
            f"`{pre.get('data')}`, {_f(pre.get('patients'))} patients, {_f(pre.get('slices'))} slices, "

@@ -6,6 +6,7 @@ image in the samples' order:
     memorization       ``memorised``          a (near-)copy of one training patient's slice (ratio d1/d2 < 1/3 in
                                               pixel or shift/flip/intensity-robust near-copy space)
     reidentification   ``synthetic_flagged``  the image re-identifies a training patient
+    mask-memorization  ``mask_replayed``      (generated masks) its mask replays a training patient's anatomy
 
 The filter uses whichever of them ran for the model (status ``ok`` in results.json) and says which did not, and
 why; with neither there is nothing to filter on, a usage error naming the audit command that runs them. An image
@@ -25,7 +26,10 @@ from ..errors import RunError, UsageError
 FILTER_ATTACKS: dict[str, tuple[str, str]] = {
     "memorization": ("memorised", "a (near-)copy of a training patient's slice"),
     "reidentification": ("synthetic_flagged", "re-identifies a training patient"),
+    "mask-memorization": ("mask_replayed", "its generated mask replays a training patient's anatomy"),
 }
+#: filtering attacks that only concern a synthetic set drawn on generated masks (mask_source = "generated")
+GENERATED_MASKS_ONLY = frozenset({"mask-memorization"})
 AUDIT_COMMAND = "cmraudit audit {run} --attack memorization,reidentification"
 
 
@@ -116,7 +120,10 @@ def privacy_filter(run_dir: Path | str, model_entry: dict[str, Any], scores_path
     attacks = model_entry.get("attacks") or {}
     flags: dict[str, np.ndarray] = {}
     not_run: dict[str, str] = {}
+    generated = (model_entry.get("samples") or {}).get("mask_source") == "generated"
     for attack, (array, _) in FILTER_ATTACKS.items():
+        if attack in GENERATED_MASKS_ONLY and not generated:
+            continue  # real stencils: no generated mask to replay anything, nothing to say
         entry = attacks.get(attack)
         why = _why_not(entry)
         if why is not None:

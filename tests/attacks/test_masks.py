@@ -104,6 +104,7 @@ def test_copies_of_members_are_caught(world, split_seed):
     assert result.level == "patient"
     assert summary["patient"]["auc"] >= 0.95 and summary["patient"]["auc_ci"][0] > 0.8
     assert result.details["copies_share"] == 1.0
+    assert result.arrays["mask_replayed"].all()  # the release filter drops every one
     dcr = result.details["dcr_share"]
     assert dcr["value"] >= 0.9 and dcr["ci"][0] > 0.5  # the CI resamples the few patients of each side
     assert abs(dcr["real_baseline"] - 0.5) < 0.2  # real non-member masks: no closer to members than to held-out
@@ -117,6 +118,7 @@ def test_fresh_patients_are_not_flagged(world, split_seed):
     lo, hi = summary["patient"]["auc_ci"]
     assert lo <= 0.5 <= hi, (lo, hi)
     assert result.details["copies_share"] == 0.0
+    assert result.arrays["mask_replayed"].mean() < 0.05, result.arrays["mask_replayed"].mean()
     lo, hi = result.details["dcr_share"]["ci"]
     assert lo <= 0.5 <= hi or hi < 0.5, (lo, hi)  # never significantly closer to members
 
