@@ -38,7 +38,7 @@ from cmraudit.errors import ConfigError
 from cmraudit.hookspecs import hookimpl
 
 from ._conditioning import LabelEmbedding, mask_onehot, network_device, pack_labels, seeded_normal
-from .vae import _conv_block
+from .vae import _conv_block, kl_beta
 
 
 @dataclass
@@ -178,8 +178,7 @@ class MaskVAEGenerator(MaskGenerator):
         return {"mask_vae": torch.optim.Adam(self.nets["mask_vae"].parameters(), lr=self.config.lr)}
 
     def _kl_beta(self, steps: int) -> float:
-        ramp = min(1.0, steps / self.config.kl_warmup_steps) if self.config.kl_warmup_steps > 0 else 1.0
-        return self.config.kl_weight * ramp
+        return kl_beta(self.config.kl_weight, self.config.kl_warmup_steps, steps)
 
     def _module(self) -> ConditionalMaskVAE:
         net = self.nets["mask_vae"]

@@ -39,6 +39,14 @@ class VAEConfig:
     sample_batch: int = 128
 
 
+def kl_beta(weight: float, warmup_steps: int, steps: int) -> float:
+    """The KL weight after ``steps`` updates: ramped linearly from 0 over ``warmup_steps`` (Bowman et al. 2016,
+    "Generating Sentences from a Continuous Space"), so the decoder learns before the posterior is pulled to the
+    prior."""
+    ramp = min(1.0, steps / warmup_steps) if warmup_steps > 0 else 1.0
+    return weight * ramp
+
+
 def _conv_block(c_in: int, c_out: int, groups: int, stride: int = 1) -> nn.Sequential:
     """Conv -> GroupNorm -> SiLU: GroupNorm rather than BatchNorm so per-example gradients exist (Opacus)."""
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.GroupNorm(groups, c_out), nn.SiLU())
@@ -130,8 +138,7 @@ class VAEGenerator(Generator):
         return {"vae": torch.optim.Adam(self.nets["vae"].parameters(), lr=self.config.lr)}
 
     def _kl_beta(self, steps: int) -> float:
-        ramp = min(1.0, steps / self.config.kl_warmup_steps) if self.config.kl_warmup_steps > 0 else 1.0
-        return self.config.kl_weight * ramp
+        return kl_beta(self.config.kl_weight, self.config.kl_warmup_steps, steps)
 
     def _module(self) -> ConditionalVAE:
         net = self.nets["vae"]
