@@ -1,6 +1,7 @@
 """Helpers shared by the built-in privacy attacks: tables to tensors, batched white-box signals, result assembly."""
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -90,7 +91,16 @@ def encoder_features(ctx: AuditContext, tables: list[SliceTable], settings: dict
     except ImportError:
         return None
     encoder = get_encoder(ctx)
-    return [encoder.features(images(t)) for t in tables]
+    # memoised by content for the whole run: members, non-members, reference and canary slices are the same
+    # tables for every model and attack, and only the synthetic set changes
+    memo = ctx.cache.setdefault("encoder_features", {})
+    out = []
+    for table in tables:
+        key = hashlib.sha1(table.images.numpy().tobytes()).hexdigest()
+        if key not in memo:
+            memo[key] = encoder.features(images(table))
+        out.append(memo[key])
+    return out
 
 
 def generator_or_skip(ctx: AuditContext) -> Generator:

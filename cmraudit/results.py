@@ -63,6 +63,10 @@ def environment(device: str, seed: int) -> dict[str, Any]:
 
         env["threads"] = torch.get_num_threads()
         env["cuda"] = torch.version.cuda
+        from .training.device import cpu_has_bf16_matrix_units
+
+        # bf16 autocast on CPUs with AMX (cmraudit.training.device): numbers differ slightly from an fp32 machine's
+        env["cpu_bf16"] = cpu_has_bf16_matrix_units()
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
     return env

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from cmraudit.api import Batch, Conditioning, Generator, StepRunner
 from cmraudit.errors import ConfigError
+from cmraudit.training.device import inference_autocast
 
 from ._conditioning import Condition, LabelEmbedding, guided, network_device, seeded_normal
 
@@ -73,24 +74,27 @@ UNET_TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {"quick": {"steps": 150},
                                                     "standard": {"micro_batch": 32}}
 
 
-def _channels_last_on_cpu(method: Callable) -> Callable:
-    """Run an inference method with the UNet's conv weights in channels-last (NHWC) layout on CPU: oneDNN's
-    convolutions run about 1.7x faster that way at the quick profile's size, with the same results. Training keeps
-    the default layout (Opacus' per-example convolution gradients assume contiguous NCHW inputs), so the layout is
-    restored when the call returns."""
+def _fast_cpu_inference(method: Callable) -> Callable:
+    """Run an inference method with the UNet's conv weights in channels-last (NHWC) layout on CPU, under bf16
+    autocast where the CPU has bf16 matrix units (``cmraudit.training.device.inference_dtype``): oneDNN's
+    convolutions run about 1.5x faster in channels-last at the quick profile's size, 3.6x with bf16 on top.
+    Training keeps the default layout (Opacus' per-example convolution gradients assume contiguous NCHW inputs), so
+    the layout is restored when the call returns."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         net = self.nets["unet"]
-        if getattr(self, "_in_channels_last", False) or network_device(net).type != "cpu":
+        device = network_device(net)
+        if getattr(self, "_in_fast_inference", False) or device.type != "cpu":
             return method(self, *args, **kwargs)
-        self._in_channels_last = True
+        self._in_fast_inference = True
         net.to(memory_format=torch.channels_last)
         try:
-            return method(self, *args, **kwargs)
+            with inference_autocast(device):
+                return method(self, *args, **kwargs)
         finally:
             net.to(memory_format=torch.contiguous_format)
-            self._in_channels_last = False
+            self._in_fast_inference = False
 
     return wrapper
 
@@ -182,7 +186,7 @@ class UNetGenerator(Generator, abc.ABC):
         a, b, _ = self.level_coefficients(level)
         return a * x0 + b * noise
 
-    @_channels_last_on_cpu
+    @_fast_cpu_inference
     @torch.no_grad()
     def predict_x0_and_noise(self, x: torch.Tensor, level: float, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The (conditional, unguided) model's split of a noisy image at ``level`` into data and noise estimates;
@@ -214,7 +218,7 @@ class UNetGenerator(Generator, abc.ABC):
         runner.optimize("unet", loss)
         return {"loss": float(loss.detach())}
 
-    @_channels_last_on_cpu
+    @_fast_cpu_inference
     @torch.no_grad()
     def sample(self, masks: torch.Tensor, vendor: torch.Tensor, pathology: torch.Tensor,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -234,7 +238,7 @@ class UNetGenerator(Generator, abc.ABC):
             out.append(self.integrate(noise[start:stop], predict, self.config.sample_steps))
         return torch.cat(out).clamp(-1.0, 1.0).to(masks.device)
 
-    @_channels_last_on_cpu
+    @_fast_cpu_inference
     @torch.no_grad()
     def membership_signal(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Negative per-example loss at each fixed noise level (Carlini et al. 2023, "Extracting Training Data

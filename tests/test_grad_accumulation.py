@@ -31,7 +31,9 @@ def test_accumulated_steps_equal_whole_batch_steps(tmp_path, micro_batch, grad_c
     results = {}
     for micro in (0, micro_batch):
         gen = _deterministic()
-        config = TrainConfig(steps=3, batch_size=8, micro_batch=micro, grad_clip=grad_clip, checkpoint_every=3)
+        # fp32: under bf16 autocast (CPUs with AMX) a pass's rounding depends on its batch
+        config = TrainConfig(steps=3, batch_size=8, micro_batch=micro, grad_clip=grad_clip, checkpoint_every=3,
+                             amp=False)
         result = train(gen, table, config, tmp_path / f"micro{micro}")
         results[micro] = (result.logs["loss"], _parameters(gen))
     (loss_whole, whole), (loss_acc, accumulated) = results[0], results[micro_batch]

@@ -143,6 +143,29 @@ def test_each_example_moves_the_network_by_at_most_the_clip_norm():
         assert torch.allclose(p_old - p_new, e / 3.0, atol=1e-5)
 
 
+def test_bf16_autocast_keeps_each_example_within_the_clip_norm():
+    """Under bf16 autocast (CPUs with AMX, GPUs) the per-example gradients are bf16, but their norms and the clipped
+    sum are taken in fp32 from the same values: one example still moves the network by at most C / expected batch,
+    through convolutions, GroupNorm and a Linear layer, and by nearly that much when its gradient is far larger."""
+    torch.manual_seed(0)
+    gen = build(TinyDenoiser)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.SiLU(),
+                        nn.Conv2d(16, 16, 3, padding=1), nn.Flatten(), nn.Linear(16 * 8 * 8, 1))
+    gen.nets = {"net": net}
+    runner = LoopRunner(gen, {"net": torch.optim.SGD(net.parameters(), lr=1.0)}, torch.device("cpu"), torch.bfloat16,
+                        0.0, EMA({}, 0.9))
+    runner.make_private(["net"], noise_multiplier=1e-9, max_grad_norm=0.5, expected_batch=2.0)
+    for j in range(3):
+        before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+        runner.begin_step(1)
+        with runner.autocast():
+            out = gen.nets["net"](torch.randn(1, 1, 8, 8) * 50)
+        runner.optimize("net", out.float().pow(2).mean())
+        moved = float((torch.cat([p.detach().flatten() for p in net.parameters()]) - before).norm())
+        assert 0.99 * 0.25 < moved <= 0.25 * (1 + 1e-5), (j, moved)
+    runner.release()
+
+
 def test_incompatible_private_network_names_the_generator(tmp_path):
     with pytest.raises(PluginError, match="tiny-batchnorm.*BatchNorm"):
         train(build(TinyBatchNorm), tiny_table(), TrainConfig(steps=2, batch_size=2), tmp_path,

@@ -9,7 +9,7 @@ from tiny_generator import TinyDenoiser, TinyPair, build, tiny_table
 
 from cmraudit.errors import ConfigError, PluginError, RunError
 from cmraudit.training.checkpoint import list_checkpoints
-from cmraudit.training.device import amp_dtype, select_device
+from cmraudit.training.device import amp_dtype, inference_dtype, select_device
 from cmraudit.training.loop import PROFILE_DEFAULTS, TrainConfig, TrainResult, load_trained, train
 from cmraudit.training.privacy import DPConfig
 
@@ -36,10 +36,19 @@ def test_profiles_merge_generator_hints_and_overrides():
         TrainConfig(steps=0).validate()
 
 
-def test_device_selection_and_amp_choice():
+def test_device_selection_and_amp_choice(monkeypatch):
     assert select_device("cpu").type == "cpu"
     assert select_device(None).type == ("cuda" if torch.cuda.is_available() else select_device(None).type)
-    assert amp_dtype(torch.device("cpu")) is None  # AMP is a CUDA-only feature here
+    cpu = torch.device("cpu")
+    # CPU autocast only where bf16 has matrix units (AMX): elsewhere it is slower than fp32
+    monkeypatch.setenv("CMRAUDIT_CPU_BF16", "0")
+    assert amp_dtype(cpu) is None and inference_dtype(cpu) is None
+    monkeypatch.setenv("CMRAUDIT_CPU_BF16", "1")
+    assert amp_dtype(cpu) == torch.bfloat16 and inference_dtype(cpu) == torch.bfloat16
+    assert amp_dtype(cpu, enabled=False) is None  # train.amp = false
+    monkeypatch.delenv("CMRAUDIT_CPU_BF16")
+    has_amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    assert (amp_dtype(cpu) == torch.bfloat16) == has_amx
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             select_device("cuda")
@@ -133,6 +142,22 @@ def test_load_trained_finds_registered_generators_by_name(tmp_path, register_plu
     gen = build(TinyDenoiser)
     train(gen, tiny_table(), TrainConfig(steps=2, batch_size=2), tmp_path)
     assert isinstance(load_trained(tmp_path), TinyDenoiser)
+
+
+@pytest.mark.parametrize("private", [False, True], ids=["plain", "dp"])
+def test_cpu_bf16_training_is_recorded_and_finite(tmp_path, monkeypatch, private):
+    """bf16 autocast on the CPU (default where AMX exists; forced here so any CPU runs it, only slower)."""
+    monkeypatch.setenv("CMRAUDIT_CPU_BF16", "1")
+    table = tiny_table(size=16)
+    gen = build(TinyDenoiser, size=16)
+    dp = DPConfig(noise_multiplier=1.0) if private else None
+    result = train(gen, table, TrainConfig(steps=4, batch_size=4, checkpoint_every=2, device="cpu"), tmp_path, dp=dp)
+    assert json.loads((tmp_path / "training.json").read_text())["amp"] == "bfloat16"
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.logs.values())
+    monkeypatch.setenv("CMRAUDIT_CPU_BF16", "0")
+    resumed = train(build(TinyDenoiser, size=16), table, TrainConfig(steps=4, batch_size=4, checkpoint_every=2,
+                                                                      device="cpu"), tmp_path, dp=dp)
+    assert resumed.logs == result.logs  # a finished run is read back whatever this machine's precision
 
 
 # --------------------------------------------------------------------------------------------------- CUDA

