@@ -77,7 +77,8 @@ UNET_TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {"quick": {"steps": 150},
 def _fast_cpu_inference(method: Callable) -> Callable:
     """Run an inference method with the UNet's conv weights in channels-last (NHWC) layout on CPU, under bf16
     autocast where the CPU has bf16 matrix units (``cmraudit.training.device.inference_dtype``): oneDNN's
-    convolutions run about 1.5x faster in channels-last at the quick profile's size, 3.6x with bf16 on top.
+    convolutions run 1.2x faster in channels-last at the quick profile's size and batch 64, 2.7x with bf16 on top
+    (``benchmarks/bench_cpu_bf16.py``).
     Training keeps the default layout (Opacus' per-example convolution gradients assume contiguous NCHW inputs), so
     the layout is restored when the call returns."""
 

@@ -3,9 +3,9 @@
 Auto-selection prefers CUDA, then Apple MPS, then the CPU; ``--device`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``)
 overrides it. Automatic mixed precision (AMP): on CUDA, bf16 where the GPU supports it (no loss scaling needed, same
 exponent range as fp32), else fp16 with a GradScaler. On a CPU with bf16 matrix units (Intel AMX, Sapphire Rapids
-and later) non-DP training autocasts to bf16: oneDNN's bf16 convolutions there run a quick-profile UNet step 1.6x
-faster than fp32 (2.3x per example at batch 32). Other CPUs train in fp32, where bf16 autocast is slower than fp32,
-and so does MPS, whose autocast support still varies between torch releases.
+and later) training, DP included, autocasts to bf16: oneDNN's bf16 convolutions there run a quick-profile UNet
+training step 1.5x faster than fp32 (``benchmarks/bench_cpu_bf16.py``). Other CPUs train in fp32, where bf16
+autocast is slower than fp32, and so does MPS, whose autocast support still varies between torch releases.
 """
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ def training_autocast(device: torch.device | str) -> Any:
 def inference_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype for network inference (sampling, membership signals) on ``device``, or None for fp32.
 
-    bf16 on a CPU with bf16 matrix units, where a quick-profile UNet forward pass runs 2.4x faster (channels-last).
+    bf16 on a CPU with bf16 matrix units, where a quick-profile UNet forward pass at batch 64 runs 2.3x faster than
+    fp32 (channels-last both; ``benchmarks/bench_cpu_bf16.py``).
     Measured on trained quick-profile models: per-example denoising losses agree with fp32 to a correlation of
     0.99999 (SecMI's t-error 0.9996, PIA 0.99994) and slice-level AUCs to within 0.005, far inside their
     confidence intervals. Elsewhere inference stays fp32 (CUDA included, where it is cheap)."""
