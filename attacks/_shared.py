@@ -91,8 +91,8 @@ def encoder_features(ctx: AuditContext, tables: list[SliceTable], settings: dict
     except ImportError:
         return None
     encoder = get_encoder(ctx)
-    # memoised by content for the whole run: members, non-members, reference and canary slices are the same
-    # tables for every model and attack, and only the synthetic set changes
+    # memoised by content in this audit context: the model's attacks and metrics share its member, non-member and
+    # reference tables (the canary and null audits have caches of their own)
     memo = ctx.cache.setdefault("encoder_features", {})
     out = []
     for table in tables:

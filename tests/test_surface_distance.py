@@ -101,7 +101,8 @@ def test_hd95_equals_monai_on_random_masks(seed, fill, spacing):
 
 
 @pytest.mark.parametrize("options", [
-    {"percentile": None}, {"percentile": 0}, {"percentile": 50}, {"percentile": 100}, {"percentile": 95, "directed": True},
+    {"percentile": None}, {"percentile": 0}, {"percentile": 50}, {"percentile": 100},
+    {"percentile": 95, "directed": True},
     {"percentile": 95, "distance_metric": "chessboard"}, {"percentile": None, "distance_metric": "taxicab"},
 ])
 def test_other_options_equal_monai(options):

@@ -2,8 +2,8 @@
 
 A 2-D MONAI ``UNet`` (Ronneberger et al. 2015, in MONAI's residual-free variant) trained with Dice + cross-entropy
 (as nnU-Net, Isensee et al. 2021) on (image, mask) pairs. Scores follow the ACDC challenge (Bernard et al. 2018):
-Dice and the 95th-percentile Hausdorff distance per structure (RV, MYO, LV): Dice with ``monai.metrics``, HD95 with the batched
-``cmraudit.measure.surface_distance`` (equal to MONAI's ``HausdorffDistanceMetric``, 28x faster).
+Dice and the 95th-percentile Hausdorff distance per structure (RV, MYO, LV): Dice with ``monai.metrics``, HD95
+with the batched ``cmraudit.measure.surface_distance`` (equal to MONAI's ``HausdorffDistanceMetric``, 28x faster).
 
 Every segmenter a run trains goes through ``train_segmenter``, so TSTR, TRTR and real + synthetic differ only in
 their training pairs. Segmenters trained on real data (``real_segmenter``) are trained once per run and data set:

@@ -52,7 +52,7 @@ def amp_dtype(device: torch.device, enabled: bool = True, private: bool = False)
 
     ``private``: a DP run never uses fp16. fp16 needs loss scaling, and a scaled loss scales every per-example
     gradient, so clipping would act on the wrong norms and a skipped (overflowed) step would depend on the data.
-    bf16 needs no scaler and is used for DP runs where the GPU has it.
+    bf16 needs no scaler and is used for DP runs where the GPU, or the CPU's matrix units, have it.
     """
     if not enabled:
         return None
@@ -76,8 +76,8 @@ def cpu_has_bf16_matrix_units() -> bool:
 
 
 def training_autocast(device: torch.device | str) -> Any:
-    """The forward-pass autocast of a non-DP training loop outside the generators' (segmenters, identity
-    network): ``autocast(device, amp_dtype(device))``."""
+    """The forward-pass autocast of a training loop outside the generators' (the segmenters):
+    ``autocast(device, amp_dtype(device))``."""
     device = torch.device(device)
     return autocast(device, amp_dtype(device))
 
