@@ -19,12 +19,13 @@ import time
 import torch
 
 
-def unet() -> torch.nn.Module:
-    from monai.networks.nets import DiffusionModelUNet
+def unet(size: int) -> torch.nn.Module:
+    """The diffusion generator's own network at the quick profile: what the default run trains and samples."""
+    from cmraudit.api import Conditioning
+    from cmraudit.registry import get
 
-    # the quick profile's backbone (plugins/_unet.py): 1 image channel + 4 mask channels in
-    return DiffusionModelUNet(spatial_dims=2, in_channels=5, out_channels=1, channels=(16, 32, 32),
-                              attention_levels=(False, False, False), num_res_blocks=1, norm_num_groups=8)
+    cls = get("generators", "diffusion")
+    return cls(cls.make_config("quick", {}), Conditioning(size)).nets["unet"]
 
 
 def segmenter() -> torch.nn.Module:
@@ -89,7 +90,14 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, {args.size}x{args.size}; "
           f"AMX tiles: {bool(probe and probe())}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
     b, s = args.batch, args.size
-    measure("unet", unet, [torch.randn(b, 5, s, s), torch.rand(b) * 1000], b, args.rounds, args.warmup)
+    from cmraudit.api import Conditioning
+
+    conditioning = Conditioning(s)
+    n_labels, n_vendors = conditioning.n_labels, conditioning.n_vendors
+    onehot = torch.nn.functional.one_hot(torch.randint(0, n_labels, (b, s, s)), n_labels).permute(0, 3, 1, 2).float()
+    labels = torch.stack([torch.randint(0, n_vendors, (b,)), torch.zeros(b, dtype=torch.long)], dim=1)
+    measure("unet", lambda: unet(s), [torch.randn(b, 1, s, s), torch.rand(b) * 1000, onehot, labels], b, args.rounds,
+            args.warmup)
     measure("segmenter", segmenter, [torch.randn(b, 1, s, s)], b, args.rounds, args.warmup)
 
 
