@@ -263,6 +263,30 @@ def test_dp_shadows_start_from_the_models_public_pretraining(fakes, tmp_path, mo
         assert torch.equal(got, want.detach())
 
 
+def test_a_dp_model_fine_tunes_for_finetune_steps_after_its_pretraining(fakes, tmp_path):
+    """``train.finetune_steps`` is the length of a pretrained DP model's private phase: the accountant counts those
+    steps, the public pretraining and the models without pretraining keep ``train.steps``."""
+    models = [ModelSpec("fast-tiny", "fast-tiny"), ModelSpec("fast-tiny-dp2", "fast-tiny", 2.0)]
+    config = fakes.tiny_config(tmp_path / "run", models=models, dp={"accountant": "rdp"},
+                               train={"steps": 4, "finetune_steps": 2})
+    run = AuditRun(config)
+    run.prepare()
+    run.train()
+    plain, private = (run.records.entry(m.name)["training"] for m in models)
+    assert plain["steps"] == 4 and plain["public_pretraining"] is None
+    assert private["steps"] == private["dp"]["steps"] == 2
+    assert private["public_pretraining"]["steps"] == 4
+
+
+def test_finetune_steps_must_not_be_negative():
+    from cmraudit.training.loop import TrainConfig
+
+    with pytest.raises(ConfigError, match="finetune_steps"):
+        TrainConfig(finetune_steps=-1).validate()
+    assert TrainConfig(steps=8).for_finetuning().steps == 8
+    assert TrainConfig(steps=8, finetune_steps=3).for_finetuning().steps == 3
+
+
 def test_canary_and_null_audits_see_their_own_patients(fakes, tmp_path):
     """The canary audit's members are the canaries drawn in, scored afresh (not the real members an attack memoised
     in the real audit's cache); the null audit's synthetic set is the test patients' own slices."""

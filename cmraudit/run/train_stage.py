@@ -48,6 +48,8 @@ def fit(ctx: "StageContext", spec: "ModelSpec", model_dir: Path) -> dict[str, An
     generator = build_generator(ctx.config, spec)
     tconfig = train_config(ctx.config, generator_class(spec))
     pretraining = public_pretraining(ctx, spec, generator, tconfig, model_dir)
+    if pretraining:
+        tconfig = tconfig.for_finetuning()
     ctx.progress(ProgressEvent("train", spec.name, "start", total=tconfig.steps))
     result = train(generator, training_table(ctx), tconfig, model_dir, dp=dp_config(ctx.config, spec),
                    callback=train_callback(ctx, spec.name))
@@ -123,7 +125,8 @@ def pretraining_key(generator: "Generator", tconfig: Any, data: str, image_size:
 
     plugin_dir = Path(inspect.getfile(type(generator))).parent
     code = [*sorted(plugin_dir.glob("*.py")), *sorted(Path(loop.__file__).parent.glob("*.py"))]
-    return fingerprint("public-pretraining", generator.name, as_dict(generator.config), as_dict(tconfig), data,
+    loop_settings = {k: v for k, v in as_dict(tconfig).items() if k != "finetune_steps"}  # what comes after it
+    return fingerprint("public-pretraining", generator.name, as_dict(generator.config), loop_settings, data,
                        image_size, torch.__version__, {"cpu_bf16": cpu_has_bf16_matrix_units()}, sources=code)
 
 
@@ -138,7 +141,8 @@ def shadow_trainer(ctx: "StageContext", spec: "ModelSpec"):
         out = model_dir / "shadows" / key
         generator = build_generator(ctx.config, spec, seed)  # each shadow's initial weights from its own seed
         tconfig = train_config(ctx.config, generator_class(spec))
-        public_pretraining(ctx, spec, generator, tconfig, model_dir)
+        if public_pretraining(ctx, spec, generator, tconfig, model_dir):
+            tconfig = tconfig.for_finetuning()
         tconfig = dataclasses.replace(tconfig, seed=seed)
         train(generator, ctx.table.select_patients(patients), tconfig, out, dp=dp_config(ctx.config, spec))
         return load_generator(out, ctx.device)

@@ -65,6 +65,8 @@ class TrainConfig:
     gradients into one update, equal to the whole batch's for a generator that optimises once per step (a GAN's
     second update depends on its first, so it is refused); DP runs use ``min(batch_size, micro_batch)`` as their
     expected Poisson batch.
+    finetune_steps: steps on the members for a model that starts from public pretraining (DP variants, see
+    ``cmraudit.run.train_stage.public_pretraining``); 0 = ``steps``. The pretraining runs ``steps``.
     """
 
     steps: int = 300
@@ -76,6 +78,7 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None
     micro_batch: int = 0
+    finetune_steps: int = 0
 
     @classmethod
     def for_profile(cls, profile: str = "quick", generator_cls: type[Generator] | None = None,
@@ -95,9 +98,15 @@ class TrainConfig:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.grad_clip < 0:
             raise ConfigError(f"train.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        if self.finetune_steps < 0:
+            raise ConfigError(f"train.finetune_steps must be >= 0 (0 = steps), got {self.finetune_steps}")
         if self.micro_batch < 0:
             raise ConfigError(f"train.micro_batch must be >= 0 (0 = the whole batch), got {self.micro_batch}")
         return self
+
+    def for_finetuning(self) -> "TrainConfig":
+        """The loop's settings for training on the members after public pretraining."""
+        return dataclasses.replace(self, steps=self.finetune_steps or self.steps, finetune_steps=0)
 
     def private_batch(self) -> int:
         """The expected Poisson batch of a DP run: a DP step is never split into accumulated passes."""
