@@ -1,13 +1,12 @@
 """Helpers shared by the built-in privacy attacks: tables to tensors, batched white-box signals, result assembly."""
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
 import torch
 
-from cmraudit.api import AttackResult, AuditContext, Batch, Generator
+from cmraudit.api import AttackResult, AuditContext, Batch, Generator, content_key
 from cmraudit.data.types import SliceTable
 
 SIGNAL_BATCH = 64
@@ -91,16 +90,12 @@ def encoder_features(ctx: AuditContext, tables: list[SliceTable], settings: dict
     except ImportError:
         return None
     encoder = get_encoder(ctx)
-    # memoised by content in this audit context: the model's attacks and metrics share its member, non-member and
-    # reference tables (the canary and null audits have caches of their own)
-    memo = ctx.cache.setdefault("encoder_features", {})
-    out = []
-    for table in tables:
-        key = hashlib.sha1(table.images.numpy().tobytes()).hexdigest()
-        if key not in memo:
-            memo[key] = encoder.features(images(table))
-        out.append(memo[key])
-    return out
+    # once per run for each encoder and content: every model's attacks and metrics see the same member,
+    # non-member, reference and test slices (the canary audit's encoder, trained on its own members, has another key)
+    if not encoder.key:  # an encoder that does not say what it learnt from: nothing to key a memo on
+        return [encoder.features(images(table)) for table in tables]
+    return [ctx.shared_memo(("encoder-features", encoder.key, content_key(table.images)),
+                            lambda table=table: encoder.features(images(table))) for table in tables]
 
 
 def generator_or_skip(ctx: AuditContext) -> Generator:

@@ -49,7 +49,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmraudit.api import Attack, AttackResult, AuditContext, NotApplicable
+from cmraudit.api import Attack, AttackResult, AuditContext, NotApplicable, content_key
+from cmraudit.data.types import SliceTable
 from cmraudit.hookspecs import hookimpl
 from cmraudit.measure.identity import IdentityConfig, get_identity_net, verify
 
@@ -119,8 +120,7 @@ class ReidentificationAttack(Attack):
         details: dict[str, Any] = self._verification(ctx, net, settings)
 
         members, nonmembers = ctx.members, ctx.nonmembers
-        z_syn = net.embed(images(syn)).double().numpy()
-        z_m, z_n = (net.embed(images(t)).double().numpy() for t in (members, nonmembers))
+        z_syn, z_m, z_n = (self._embed(ctx, net, t) for t in (syn, members, nonmembers))
         ids_m, sim_m = patient_similarity(z_syn, z_m, members.patients)  # (S, n_M) cosine similarities
         ids_n, sim_n = patient_similarity(z_syn, z_n, nonmembers.patients)  # (S, n_N)
 
@@ -161,11 +161,21 @@ class ReidentificationAttack(Attack):
                   "synthetic_best_nonmember_similarity": best_n}
         return AttackResult(score_m, score_n, ids_m, ids_n, level="patient", details=details, arrays=arrays)
 
+    @staticmethod
+    def _embed(ctx: AuditContext, net: torch.nn.Module, table: SliceTable) -> np.ndarray:
+        """The identity embeddings of ``table`` (float64), once per run for the same slices."""
+        return ctx.shared_memo(("identity-embedding", net.fingerprint, content_key(table.images)),
+                               lambda: net.embed(images(table)).double().numpy())
+
     def _verification(self, ctx: AuditContext, net: torch.nn.Module, settings: dict[str, Any]) -> dict[str, Any]:
         """The identity network's verification AUC on the test patients; NotApplicable when it cannot re-identify."""
         limit = int(settings.get("verification_slices_per_patient", 8)) or None
         test = scored_part(ctx, "test", limit)
-        check = verify(net, test, n_boot=int(settings.get("verification_boot", 1000)), seed=ctx.seed)
+        n_boot = int(settings.get("verification_boot", 1000))
+        # the same for every model of the run: the network and the test patients do not change
+        check = ctx.shared_memo(("identity-verification", net.fingerprint, content_key(test.images),
+                                 content_key(test.patients), n_boot, ctx.seed),
+                                lambda: verify(net, test, n_boot=n_boot, seed=ctx.seed))
         floor = float(settings.get("min_verification_auc", 0.6))
         if check.ci[0] <= floor:
             raise NotApplicable(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Literal, Protocol, runtime_checkable
@@ -98,6 +99,15 @@ class Batch:
         t = table.take(rows)
         return cls(t.images, t.masks, t.vendor_indices(), t.pathology_indices(), t.phase_indices(),
                    position[_torch_rows(rows)])
+
+
+def content_key(values: Any) -> str:
+    """A digest of an array's or tensor's values, shape and dtype: the key of a result computed from it."""
+    array = values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha1(f"{array.shape}|{array.dtype}|".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def _torch_rows(rows: Any) -> Any:
@@ -326,8 +336,19 @@ class AuditContext:
     options: dict[str, Any] = field(default_factory=dict)
     #: lazily built shared resources (in-domain encoder, segmenter, ...), keyed by name
     cache: dict[str, Any] = field(default_factory=dict)
+    #: one dict for every context of a run (every model; real, canary and null audits): memoised results keyed
+    #: only by what determines them (a network's fingerprint and its inputs' content), see ``shared_memo``
+    shared: dict[Any, Any] = field(default_factory=dict)
     #: trains a fresh generator of the same kind on given patients (for shadow-model attacks such as LiRA)
     train_shadow: Callable[[list[str], int], Generator] | None = None
+
+    def shared_memo(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """``compute()``, once per run for ``key``: the key must name everything the result depends on (use
+        ``content_key`` for tensors), as contexts of other models and audits read it. Callers must not modify
+        what it returns."""
+        if key not in self.shared:
+            self.shared[key] = compute()
+        return self.shared[key]
 
     def settings(self, plugin: "Attack | Metric | type[Attack] | type[Metric] | str") -> dict[str, Any]:
         """The settings of one attack or metric for this run, layered (later layers win, key by key):

@@ -237,5 +237,6 @@ def get_identity_net(ctx: AuditContext, config: IdentityConfig) -> IdentityNet:
         if on_disk:
             save_segmenter(net, config, path, key)
     net = net.to(ctx.device).eval()
+    net.fingerprint = key  # what it learnt from: the key of results memoised across the run's contexts
     ctx.cache[memo] = net
     return net

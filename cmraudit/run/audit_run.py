@@ -48,6 +48,7 @@ class AuditRun:
         self._canaries: tuple[SliceTable, list[str], list[str]] | None = None
         self._device: str | None = None
         self._masks_ready: set[str] = set()  # mask models trained (or found trained) by this process
+        self.audit_memo: dict = {}  # results every model's audits share (AuditContext.shared_memo)
 
     # -------------------------------------------------------------------------------------------------- set-up
     @property

@@ -186,7 +186,7 @@ def audit_model(ctx: "StageContext", spec: "ModelSpec") -> None:
     audit = AuditContext(model=spec.name, generator=generator, data=ctx.table, split=ctx.split, synthetic=synthetic,
                          profile=config.profile, seed=config.seed, device=ctx.device,
                          workdir=ctx.folder.model_dir(spec.name), options=config.options,
-                         train_shadow=shadow_trainer(ctx, spec))
+                         train_shadow=shadow_trainer(ctx, spec), shared=ctx.audit_memo)
     dp = (ctx.records.entry(spec.name).get("training") or {}).get("dp") or {}
     audits = audit_contexts(ctx, audit, dp_delta=float(dp.get("delta") or 0.0))
     for name, reason in not_applicable.items():

@@ -25,6 +25,7 @@ class StageContext(Protocol):
     folder: "RunFolder"  # where each file goes
     records: "ModelRecords"  # results.json
     progress: "Progress"
+    audit_memo: dict  # AuditContext.shared of every model's audits in this process
 
     @property
     def device(self) -> str: ...

@@ -126,3 +126,27 @@ def test_contract(tmp_path):
                           options={"cache_dir": str(tmp_path)})
     assert result.level == "patient"
     assert "identity_verification_auc" in result.details
+
+
+def test_the_run_verifies_its_identity_network_once(world, run_dir, copycat, monkeypatch):
+    """Contexts sharing a run's memo (every model, the canary and null audits) verify the identity network on the
+    test patients and embed the same real slices once, with the numbers of a context computing them alone."""
+    from cmraudit.attacks import reidentification
+
+    calls = []
+    original = reidentification.verify
+    monkeypatch.setattr(reidentification, "verify", lambda *a, **k: calls.append(1) or original(*a, **k))
+    table, split = world
+    shared: dict = {}
+    results = []
+    for model in ("copycat-again", "copycat-twice"):
+        ctx = _context(world, table.select_patients(split.members), run_dir, model)
+        ctx.shared = shared
+        results.append(ReidentificationAttack().run(ctx))
+    assert len(calls) == 1
+    for result in results:
+        assert result.details["identity_verification_auc_ci"] == copycat[1].details["identity_verification_auc_ci"]
+        np.testing.assert_array_equal(result.member_scores, copycat[1].member_scores)
+        np.testing.assert_array_equal(result.nonmember_scores, copycat[1].nonmember_scores)
+    # members, non-members and the synthetic set, which both contexts sampled alike
+    assert sum(key[0] == "identity-embedding" for key in shared) == 3
