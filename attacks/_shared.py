@@ -68,6 +68,20 @@ def membership_signals(generator: Generator, table: SliceTable, seed: int, devic
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def table_key(table: SliceTable) -> tuple[str, ...]:
+    """The content of every column a generator's signals may read: images, masks, the conditioning labels and the
+    patients (a slice's relative position counts its patient's slices)."""
+    return tuple(content_key(column) for column in (table.images, table.masks, table.patients, table.vendors,
+                                                    table.pathologies, table.phases, table.slice_index))
+
+
+def model_signals(ctx: AuditContext, table: SliceTable) -> dict[str, np.ndarray]:
+    """``membership_signals`` of the audited model over ``table``, once per run for the same slices: the canary
+    audit's attacks calibrate on the same reference patients as the real audit's."""
+    return ctx.shared_memo(("membership-signals", ctx.model, table_key(table), int(ctx.seed), str(ctx.device)),
+                           lambda: membership_signals(generator_or_skip(ctx), table, ctx.seed, ctx.device))
+
+
 def reference_z(reference: dict[str, np.ndarray], evaluated: dict[str, np.ndarray]) -> np.ndarray:
     """Average over signals of each signal standardised by its mean and spread on reference patients: combines a
     sweep (e.g. noise levels) without choosing among them on labelled data."""

@@ -47,6 +47,7 @@ from ._shared import (
     generator_or_skip,
     images,
     membership_signals,
+    model_signals,
     pixel_scale,
     reference_z,
     scored_part,
@@ -214,11 +215,11 @@ class _SignalAttack(_ScoringAttack):
     def run(self, ctx: AuditContext) -> AttackResult:
         gen = generator_or_skip(ctx)
         tables = self.scored(ctx, "members"), self.scored(ctx, "nonmembers")
-        mem, non = (membership_signals(gen, t, ctx.seed, ctx.device) for t in tables)
+        mem, non = (model_signals(ctx, t) for t in tables)
         keys = sorted(mem)
         key, details = choose_signal(ctx, gen, keys, self.prefer)
         if key is None:
-            ref = membership_signals(gen, self.scored(ctx, "reference"), ctx.seed, ctx.device)
+            ref = model_signals(ctx, self.scored(ctx, "reference"))
             sm, sn = reference_z(ref, mem), reference_z(ref, non)
         else:
             sm, sn = mem[key], non[key]

@@ -49,3 +49,31 @@ def test_shadow_training_attacks_join_groups_on_the_standard_profile_only():
     assert "lira" not in chosen and "--attack mia,lira" in skipped["lira"]
     assert "lira" in resolve_attacks("mia,lira", generator, profile="quick")[0]  # named: runs on any profile
     assert "lira" in resolve_attacks("mia", generator, profile="standard")[0]
+
+
+def test_a_models_signals_on_the_same_slices_are_computed_once_per_run(monkeypatch):
+    """The canary audit calibrates on the real audit's reference patients: their white-box signals come from the
+    run's memo, equal to a fresh computation; other slices or another model are computed anew."""
+    import dataclasses
+
+    import numpy as np
+    from cmraudit.attacks._shared import membership_signals, model_signals
+
+    from cmraudit.testing.tiny import make_audit_context
+
+    ctx = make_audit_context()
+    calls = []
+    original = type(ctx.generator).membership_signal
+    monkeypatch.setattr(type(ctx.generator), "membership_signal",
+                        lambda self, batch, generator=None: calls.append(len(batch.images)) or original(self, batch))
+    canary_ctx = dataclasses.replace(ctx, cache={})  # shares ctx.shared, as the run's canary audit does
+    first = model_signals(ctx, ctx.reference)
+    n = len(calls)
+    again = model_signals(canary_ctx, ctx.reference)
+    assert len(calls) == n and again is first
+    np.testing.assert_array_equal(first["neg_nll"], membership_signals(ctx.generator, ctx.reference, ctx.seed)["neg_nll"])
+    model_signals(canary_ctx, ctx.members)
+    assert len(calls) > n
+    after_members = len(calls)
+    model_signals(dataclasses.replace(ctx, model="another-model"), ctx.reference)
+    assert len(calls) == after_members + n
