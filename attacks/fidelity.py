@@ -24,6 +24,7 @@ from cmraudit.hookspecs import hookimpl
 from cmraudit.measure.features import Encoder, get_encoder
 from cmraudit.measure.fidelity_math import (
     feature_frechet_distance,
+    fine_texture_power_ratio,
     kernel_inception_distance,
     mean_pairwise_ms_ssim,
     prdc,
@@ -61,6 +62,8 @@ VALUES = {
     **{f"wasserstein_{name}": ("lower", f"W1 between {name} pixel intensities (images in [-1, 1])")
        for name in ("LV", "MYO", "RV", "BG")},
     "psd_distance": ("lower", "mean |difference| of radial log10 power spectra (blur, noise, up-sampling artefacts)"),
+    "fine_texture_gap": ("lower", "|log2| of the synthetic over the real images' power at the upper half of spatial "
+                                  "frequencies: 0 as grainy as real; the ratio in details (> 1 grainier, < 1 smoother)"),
     "mask_dice": ("higher", "Dice of a members-trained segmenter on the synthetic images vs their conditioning masks"),
     "diversity_msssim": ("lower", "|mean MS-SSIM of slice pairs (different patients, same vendor): synthetic - real|"),
 }
@@ -140,6 +143,9 @@ def fidelity_numbers(target: SliceTable, target_features: np.ndarray, target_mss
     for label, name in LABELS.items():
         put(f"wasserstein_{name}", structure_intensity_w1(target.images, target.masks, fake.images, fake.masks, label))
     put("psd_distance", spectrum_distance(target.images, fake.images))
+    ratio = fine_texture_power_ratio(target.images, fake.images)
+    put("fine_texture_gap", abs(float(np.log2(ratio))), ratio=ratio,
+        reading="grainier than real" if ratio > 1 else "smoother than real")
     seg = evaluate(encoder.unet, fake, seed=seed, hd95=False)
     dice_ci = tuple(seg["dice_ci"]) if seg["dice_ci"] else None
     put("mask_dice", seg["dice"]["mean"], dice_ci, by_structure=seg["dice"],

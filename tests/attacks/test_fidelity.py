@@ -137,6 +137,23 @@ def test_power_spectrum_sees_blur_and_noise():
     assert radial_power_spectrum(blurred)[-1] < radial_power_spectrum(x)[-1] - 0.5
 
 
+def test_fine_texture_ratio_tells_grain_from_blur():
+    """Smooth anatomy-like images: added pixel noise raises the fine-scale power ratio above 1, blur lowers it
+    below 1, the same images give exactly 1, and a tenth of the noise moves it far less than the full noise."""
+    from cmraudit.measure.fidelity_math import fine_texture_power_ratio
+
+    torch.manual_seed(0)
+    coarse = F.interpolate(torch.rand(16, 1, 8, 8) * 2 - 1, size=(64, 64), mode="bilinear", align_corners=False)
+    real = coarse + 0.05 * torch.randn_like(coarse)
+    grainy = coarse + 0.2 * torch.randn_like(coarse)
+    slightly = coarse + 0.06 * torch.randn_like(coarse)
+    blurred = F.avg_pool2d(F.pad(real, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    assert fine_texture_power_ratio(real, real) == pytest.approx(1.0)
+    assert fine_texture_power_ratio(real, grainy) > 4
+    assert fine_texture_power_ratio(real, blurred) < 0.7
+    assert 1.0 < fine_texture_power_ratio(real, slightly) < 2.0
+
+
 @pytest.mark.parametrize("size", [32, 64, 128, 256])
 def test_ms_ssim_settings_fit_the_image(size):
     kernel, weights = ms_ssim_settings(size)
