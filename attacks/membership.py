@@ -37,7 +37,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmraudit.api import Attack, AttackResult, AuditContext, Batch, DenoiserView, Generator, NotApplicable
+from cmraudit.api import (
+    Attack,
+    AttackResult,
+    AuditContext,
+    Batch,
+    DenoiserView,
+    Generator,
+    NotApplicable,
+    content_key,
+)
 from cmraudit.data.types import SliceTable
 from cmraudit.hookspecs import hookimpl
 from cmraudit.measure.neighbours import count_within, knn
@@ -312,6 +321,18 @@ def _ddim_step(gen: DenoiserView, x: torch.Tensor, a: float, b: float, batch: Ba
     return gen.forward_noise(x0_hat, b, noise_hat)
 
 
+def clean_split(ctx: AuditContext, gen: DenoiserView, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's split of the clean images (level 0) into data and noise: SecMI's first inversion step and PIA's
+    noise estimate, the same network call for both. Memoised by the batch's content in the context (per model and
+    audit), so the second of the two attacks reads it; deterministic, so reading it equals recomputing it."""
+    memo = ctx.cache.setdefault("denoiser:clean-split", {})
+    key = tuple(content_key(v) for v in (batch.images, batch.masks, batch.vendor, batch.pathology, batch.phase,
+                                         batch.position) if v is not None)
+    if key not in memo:
+        memo[key] = gen.predict_x0_and_noise(batch.images, 0.0, batch)
+    return memo[key]
+
+
 class SecMI(_DenoiserAttack):
     name = "secmi"
     description = ("SecMI t-error: invert the image deterministically to noise level t, step once to t+Δ and back; "
@@ -332,7 +353,9 @@ class SecMI(_DenoiserAttack):
         t, delta = self._levels(ctx)
         x = batch.images
         grid = np.linspace(0.0, t, max(1, int(round(t / delta))) + 1)
-        for a, b in zip(grid[:-1], grid[1:]):  # deterministic inversion 0 → t
+        x0_hat, noise_hat = clean_split(ctx, gen, batch)
+        x = gen.forward_noise(x0_hat, float(grid[1]), noise_hat)  # the inversion's first step, from level 0
+        for a, b in zip(grid[1:-1], grid[2:]):  # the rest of the deterministic inversion to t
             x = _ddim_step(gen, x, float(a), float(b), batch)
         x_next = _ddim_step(gen, x, t, t + delta, batch)
         x_back = _ddim_step(gen, x_next, t + delta, t, batch)
@@ -351,7 +374,7 @@ class PIA(_DenoiserAttack):
 
     def signal(self, gen: DenoiserView, batch: Batch, ctx: AuditContext) -> torch.Tensor:
         t = float(ctx.settings(self).get("level", 0.2))
-        _, noise0 = gen.predict_x0_and_noise(batch.images, 0.0, batch)
+        _, noise0 = clean_split(ctx, gen, batch)
         x_t = gen.forward_noise(batch.images, t, noise0)
         _, noise_t = gen.predict_x0_and_noise(x_t, t, batch)
         return -(noise_t - noise0).pow(2).flatten(1).mean(1)

@@ -299,11 +299,17 @@ def test_canary_and_null_audits_see_their_own_patients(fakes, tmp_path):
     real.split = run.split
     real.cache["scored:members:10"] = "the real members, memoised"
     audits = audit_contexts(run, real)
-    assert audits.canaries.cache == {} and audits.null.cache == {}
+    assert audits.null.cache == {}
+    assert "scored:members:10" not in audits.canaries.cache
     assert sorted(audits.canaries.members.patient_ids) == sorted(run.split.canaries_in)
     assert sorted(audits.canaries.nonmembers.patient_ids) == sorted(run.split.canaries_out)
     assert sorted(audits.null.synthetic.patient_ids) == sorted(run.split.test)
     assert len(run.split.canaries_in) + len(run.split.canaries_out) == 6
+    # the canary audit's feature space is the real audit's encoder (trained on real members, no canary in it)
+    from cmraudit.measure.features import get_encoder
+
+    assert get_encoder(audits.canaries) is get_encoder(real)
+    assert audits.canaries.shared is real.shared is audits.null.shared
 
 
 def test_canaries_sharing_an_audited_patient_id_are_refused(fakes, tmp_path):

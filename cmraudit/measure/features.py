@@ -22,7 +22,7 @@ from .segmenter import SegmenterConfig, context_config, fingerprint, real_segmen
 if TYPE_CHECKING:
     from ..api import AuditContext
 
-__all__ = ["Encoder", "encoder_blocks", "fingerprint", "get_encoder"]
+__all__ = ["ENCODER_SOURCE", "Encoder", "encoder_blocks", "fingerprint", "get_encoder"]
 
 
 def encoder_blocks(unet: torch.nn.Module) -> list[torch.nn.Module]:
@@ -77,10 +77,18 @@ class Encoder:
         return torch.cat(out)
 
 
+#: ``ctx.cache`` key of another context whose encoder this one uses (set by the run for its canary audit)
+ENCODER_SOURCE = "encoder_source"
+
+
 def get_encoder(ctx: "AuditContext", config: SegmenterConfig | None = None) -> Encoder:
-    """The run's in-domain encoder, trained on ``ctx.members`` (once per run: memoised in ``ctx.cache["encoder"]``
+    """The run's in-domain encoder, trained on ``ctx.members``, or the encoder of the context held in
+    ``ctx.cache[ENCODER_SOURCE]`` (once per run: memoised in ``ctx.cache["encoder"]``
     and saved under ``cmraudit.measure.segmenter.cache_dir(ctx)``). ``config`` overrides the profile's recipe."""
     if "encoder" in ctx.cache:
+        return ctx.cache["encoder"]
+    if ENCODER_SOURCE in ctx.cache:  # e.g. the canary audit: the real audit's encoder, which saw no canary
+        ctx.cache["encoder"] = get_encoder(ctx.cache[ENCODER_SOURCE], config)
         return ctx.cache["encoder"]
     config = config or context_config(ctx)
     unet = real_segmenter(ctx, "members", config=config)

@@ -269,22 +269,21 @@ def real_segmenter(ctx: "AuditContext", role: str = "members", exclude_vendor: s
                    config: SegmenterConfig | None = None) -> torch.nn.Module:
     """A segmenter trained on one real split (members by default), optionally without one vendor's patients.
 
-    Trained once per run: memoised in ``ctx.cache`` and saved (atomically) in ``cache_dir(ctx)`` under its
-    fingerprint, so every model's metrics, and a resumed run, reuse it.
+    Trained once per run: memoised in the run's ``ctx.shared`` (every model's audits) and saved (atomically) in
+    ``cache_dir(ctx)`` under its fingerprint, so every model's metrics, and a resumed run, reuse it.
     """
     config = config or context_config(ctx)
     table = ctx.part(role)
     if exclude_vendor is not None:
         table = table.take(np.flatnonzero(table.vendors != exclude_vendor))
     key = fingerprint(table, ctx.seed, config, role=role, exclude_vendor=exclude_vendor)
-    memo = f"segmenter:{key}"
-    if memo in ctx.cache:
-        return ctx.cache[memo]
     path = cache_dir(ctx) / f"segmenter-{key}.pt"
-    model = load_segmenter(path, key)
-    if model is None:
-        model = train_segmenter(table.images, table.masks, seed=ctx.seed, device=ctx.device, config=config)
-        save_segmenter(model, config, path, key)
-    model = model.to(ctx.device).eval()
-    ctx.cache[memo] = model
-    return model
+
+    def load_or_train() -> torch.nn.Module:
+        model = load_segmenter(path, key)
+        if model is None:
+            model = train_segmenter(table.images, table.masks, seed=ctx.seed, device=ctx.device, config=config)
+            save_segmenter(model, config, path, key)
+        return model.to(ctx.device).eval()
+
+    return ctx.shared_memo(("segmenter", key, str(path), str(ctx.device)), load_or_train)

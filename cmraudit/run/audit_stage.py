@@ -21,6 +21,7 @@ import numpy as np
 from .. import results as R
 from ..api import AttackResult, AuditContext, NotApplicable
 from ..data.types import SliceTable
+from ..measure.features import ENCODER_SOURCE
 from ..registry import get
 from ..stats import aggregate_by_patient, one_run_eps_lower_bound, summarize
 from .builders import generator_label, load_generator
@@ -155,8 +156,10 @@ def audit_contexts(ctx: "StageContext", real: AuditContext, dp_delta: float = 0.
     # each context gets a cache of its own: attacks memoise per-role tables and features in ``cache``, which would
     # otherwise hand the canary audit the real members (dataclasses.replace shares the dict)
     if canaries is not None and ctx.split.canaries_in and ctx.split.canaries_out:
+        # the in-domain encoder is the real audit's, trained on the real members: it saw neither the canaries drawn
+        # in nor those left out, which is all the canary audit asks of a feature space (and saves training another)
         canary_audit = dataclasses.replace(real, data=SliceTable.concat([ctx.table, canaries], ctx.table.source),
-                                           split=canary_split(ctx.split), cache={})
+                                           split=canary_split(ctx.split), cache={ENCODER_SOURCE: real})
     null_audit = None
     if ctx.split.test:
         # the test patients' own slices stand in for the synthetic set, masks included: with generated masks the

@@ -200,3 +200,22 @@ def test_oracle_dcr_share_is_within_five_points_of_half():
         lo, hi = shares[space]["ci"]
         assert abs(shares[space]["value"] - 0.5) <= 0.05, (space, shares[space])
         assert lo <= 0.5 <= hi and hi - lo < 0.15, (space, shares[space])
+
+
+def test_secmi_and_pia_share_the_clean_images_network_call(world, monkeypatch):
+    """PIA's noise estimate at level 0 is SecMI's first inversion step: one network call per batch serves both, and
+    SecMI scores the same whether or not PIA ran first in the context."""
+    from cmraudit.attacks.membership import PIA, SecMI
+
+    alone = SecMI().run(_context(world, copycat))
+    ctx = _context(world, copycat)
+    calls = []
+    predict = PoolGenerator.predict_x0_and_noise
+    monkeypatch.setattr(PoolGenerator, "predict_x0_and_noise",
+                        lambda self, x, level, batch: calls.append(level) or predict(self, x, level, batch))
+    PIA().run(ctx)
+    at_zero = calls.count(0.0)
+    after_pia = SecMI().run(ctx)
+    assert at_zero > 0 and calls.count(0.0) == at_zero  # SecMI read PIA's level-0 calls
+    np.testing.assert_array_equal(after_pia.member_scores, alone.member_scores)
+    np.testing.assert_array_equal(after_pia.nonmember_scores, alone.nonmember_scores)
