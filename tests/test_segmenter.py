@@ -78,17 +78,17 @@ def test_real_segmenter_is_trained_once_per_run_and_cached_on_disk(split_table, 
     calls = []
     real_train = seg.train_segmenter
     monkeypatch.setattr(seg, "train_segmenter", lambda *a, **k: calls.append(1) or real_train(*a, **k))
-    def make(cache: dict) -> AuditContext:
+    def make(shared: dict) -> AuditContext:
         return AuditContext(model="m", generator=None, data=table, split=split, synthetic=table.take([0]),
-                            profile="smoke", cache=cache, workdir=tmp_path / "run" / "models" / "m",
+                            profile="smoke", shared=shared, workdir=tmp_path / "run" / "models" / "m",
                             options={"segmenter": {"steps": 5}})
 
-    cache: dict = {}
-    first = real_segmenter(make(cache))
-    assert real_segmenter(make(cache)) is first and len(calls) == 1  # memoised in ctx.cache
+    shared: dict = {}
+    first = real_segmenter(make(shared))
+    assert real_segmenter(make(shared)) is first and len(calls) == 1  # memoised for the run (ctx.shared)
     files = list((tmp_path / "run" / "cache").glob("segmenter-*.pt"))
     assert len(files) == 1  # saved in the run folder's cache/
-    again = real_segmenter(make({}))  # a new process (empty ctx.cache) loads the file
+    again = real_segmenter(make({}))  # a new process (empty memo) loads the file
     assert len(calls) == 1
     for pa, pb in zip(first.state_dict().values(), again.state_dict().values()):
         assert torch.equal(pa, pb)

@@ -2,6 +2,7 @@
 determinism, checkpoint round trips and Opacus per-example gradients."""
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -152,7 +153,11 @@ def test_profiles_build_opacus_valid_networks(name, profile, size):
     for n in gen.private_networks():
         assert ModuleValidator.validate(gen.nets[n], strict=False) == [], (name, profile, n)
     cls = registered("generators")[name]
-    assert set(cls.train_overrides(profile)) <= {"steps", "batch_size", "checkpoint_every", "ema_decay", "micro_batch"}
+    # the loop's own settings only (TrainConfig.for_profile refuses others); seed and device stay the run's
+    from cmraudit.training.loop import TrainConfig
+
+    assert set(cls.train_overrides(profile)) <= {f.name for f in dataclasses.fields(TrainConfig)} - {"seed", "device"}
+    TrainConfig.for_profile(profile, cls)
 
 
 def test_gan_protects_both_networks():
