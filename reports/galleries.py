@@ -111,7 +111,19 @@ class GallerySection(ReportSection):
                         break
                 rows.append({"label": f"{label} {value}", "real": real_uri,
                              "models": [cells.get(m) for m in synthetic]})
-        return report.render("gallery.html", models=list(synthetic), rows=rows)
+        return report.render("gallery.html", models=list(synthetic), rows=rows,
+                             texture=[_texture(report, m) for m in synthetic])
+
+
+def _texture(report, model: str) -> str | None:
+    """The fidelity metric's fine-texture power ratio (synthetic over real) as the gallery's last row reads it."""
+    from cmraudit import results as R
+
+    value = R.metric_values(report.models[model]).get("fine_texture_gap")
+    ratio = ((value or {}).get("details") or {}).get("ratio")
+    if ratio is None:
+        return None
+    return f"{fmt(ratio, 2)}× ({'grainier' if ratio > 1 else 'smoother'})"
 
 
 def _first(table, column: str, value: str) -> np.ndarray:

@@ -138,3 +138,20 @@ def test_report_renders_in_headless_chromium_without_console_errors(audited_run,
     assert _console_errors(log) == []
     assert screenshot.is_file() and screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert screenshot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+def test_gallery_reads_each_models_fine_texture_ratio():
+    """The gallery's last row: the fidelity metric's ratio, with which way it departs from the real slices."""
+    from types import SimpleNamespace
+
+    from cmraudit.reports.galleries import _texture
+
+    def model(ratio):
+        values = {"fine_texture_gap": {"value": abs(float(np.log2(ratio))), "direction": "lower",
+                                       "details": {"ratio": ratio}}}
+        return {"metrics": {"fidelity": {"status": "ok", "category": "fidelity", "values": values}}}
+
+    report = SimpleNamespace(models={"noisy": model(5.1), "smooth": model(0.72), "none": {"metrics": {}}})
+    assert _texture(report, "noisy") == "5.1× (grainier)"
+    assert _texture(report, "smooth") == "0.72× (smoother)"
+    assert _texture(report, "none") is None
