@@ -54,6 +54,9 @@ def _rank(rank: int, world: int, port: int, root: str) -> None:
         for case in CASES:
             weights, result = _run(case, os.path.join(root, case))
             torch.save({"weights": weights, "result": result.to_dict()}, os.path.join(root, f"{case}.rank{rank}.pt"))
+        # leave together, as World.close does: a rank torn down while the other is still inside the last
+        # collective makes Gloo abort it ("terminate called without an active exception", SIGABRT)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
