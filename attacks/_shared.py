@@ -104,8 +104,8 @@ def encoder_features(ctx: AuditContext, tables: list[SliceTable], settings: dict
     except ImportError:
         return None
     encoder = get_encoder(ctx)
-    # once per run for each encoder and content: every model's attacks and metrics see the same member,
-    # non-member, reference and test slices (the canary audit's encoder, trained on its own members, has another key)
+    # once per run for each encoder and content: every model's attacks and metrics, and its canary and null audits
+    # (which use the same encoder), see the same member, non-member, reference and test slices
     if not encoder.key:  # an encoder that does not say what it learnt from: nothing to key a memo on
         return [encoder.features(images(table)) for table in tables]
     return [ctx.shared_memo(("encoder-features", encoder.key, content_key(table.images)),

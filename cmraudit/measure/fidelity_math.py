@@ -162,9 +162,9 @@ def spectrum_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
 def fine_texture_power_ratio(real: torch.Tensor, fake: torch.Tensor, lowest: float = 0.25) -> float:
     """Power of ``fake`` over that of ``real`` at radial frequencies from ``lowest`` to 0.5 cycles per pixel (by
     default the upper half of the radial frequencies): above 1 the synthetic images are grainier or noisier than
-    the real ones, below 1 smoother (Durall et al. 2020; Dzanic et al. 2020, "Fourier
-    spectrum discrepancies in deep network generated images"). Power is averaged over images, then summed over
-    frequencies, so the ratio reads as a share of the real images' fine-scale energy."""
+    the real ones, below 1 smoother (Durall et al. 2020; Dzanic et al. 2020, "Fourier spectrum discrepancies in
+    deep network generated images"). Power is averaged over images, then summed over frequencies, so the ratio
+    reads as a share of the real images' fine-scale energy."""
     a, b = radial_power_spectrum(real), radial_power_spectrum(fake)
     first = int(np.ceil(lowest * real.shape[-1]))
     return float((10 ** b[first:]).sum() / (10 ** a[first:]).sum())
