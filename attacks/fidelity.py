@@ -12,13 +12,12 @@ not FID, and only comparable within one run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from cmraudit.api import AuditContext, Metric, MetricValue, NotApplicable
+from cmraudit.api import AuditContext, Metric, MetricValue, NotApplicable, content_key
 from cmraudit.data.types import LABELS, SliceTable
 from cmraudit.hookspecs import hookimpl
 from cmraudit.measure.features import Encoder, get_encoder
@@ -156,10 +155,9 @@ def fidelity_numbers(target: SliceTable, target_features: np.ndarray, target_mss
     return out
 
 
-def _table_key(table: SliceTable) -> str:
-    h = hashlib.sha256(table.images.numpy().tobytes())
-    h.update("|".join(table.patients.tolist()).encode())
-    return h.hexdigest()[:16]
+def _table_key(table: SliceTable) -> tuple[str, ...]:
+    """What the target and baseline numbers read of a real table: pixels, patients and vendors."""
+    return tuple(content_key(column) for column in (table.images, table.patients, table.vendors))
 
 
 class Fidelity(Metric):
@@ -185,19 +183,16 @@ class Fidelity(Metric):
         fake = _subsample(ctx.synthetic, config.max_images, ctx.seed)
         counterpart = _subsample(counterpart, len(fake), ctx.seed)  # same size: FD and KID depend on it
 
-        memo = f"fidelity:target:{encoder.key}:{_table_key(target)}:{config}"
-        if memo not in ctx.cache:
-            ctx.cache[memo] = (encoder.features(target.images).double().numpy(),
-                               mean_pairwise_ms_ssim(target.images, config.msssim_pairs, ctx.seed + 1,
-                                                     target.patients, target.vendors)[0])
-        target_features, target_msssim = ctx.cache[memo]
+        # the target's features and the real-vs-real baseline depend on real slices only: once per run, shared by
+        # every model (the baseline is a whole fidelity_numbers pass on the counterpart)
+        target_key = (encoder.key, _table_key(target), repr(config), ctx.seed)
+        target_features, target_msssim = ctx.shared_memo(("fidelity-target", *target_key), lambda: (
+            encoder.features(target.images).double().numpy(),
+            mean_pairwise_ms_ssim(target.images, config.msssim_pairs, ctx.seed + 1, target.patients,
+                                  target.vendors)[0]))
         values = fidelity_numbers(target, target_features, target_msssim, fake, encoder, config, ctx.seed)
-
-        memo = f"fidelity:baseline:{encoder.key}:{_table_key(target)}:{_table_key(counterpart)}:{config}"
-        if memo not in ctx.cache:
-            ctx.cache[memo] = fidelity_numbers(target, target_features, target_msssim, counterpart, encoder, config,
-                                               ctx.seed)
-        baseline = ctx.cache[memo]
+        baseline = ctx.shared_memo(("fidelity-baseline", *target_key, _table_key(counterpart)), lambda: (
+            fidelity_numbers(target, target_features, target_msssim, counterpart, encoder, config, ctx.seed)))
         for name, value in values.items():
             value.details.update(real_vs_real=baseline[name].value, real_vs_real_ci=baseline[name].ci,
                                  target=role, n_target=len(target), n_synthetic=len(fake), baseline_source=source)

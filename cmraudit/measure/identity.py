@@ -216,7 +216,7 @@ def _load(path: Path, key: str, config: IdentityConfig) -> IdentityNet | None:
 def get_identity_net(ctx: AuditContext, config: IdentityConfig) -> IdentityNet:
     """The run's identity network, trained on ``ctx.reference`` only.
 
-    Memoised in ``ctx.cache`` and saved (atomically) as ``identity-<fingerprint>.pt`` in
+    Memoised for the run in ``ctx.shared`` and saved (atomically) as ``identity-<fingerprint>.pt`` in
     ``cmraudit.measure.segmenter.cache_dir(ctx)``, so side runs (which get a fresh ``ctx.cache``), the run's other
     models and reruns load it instead of training again. A context without a work folder (``workdir`` left at its
     default ``.``, as in hand-built test contexts) and no ``cache_dir`` option is memoised only, never written to
@@ -226,17 +226,17 @@ def get_identity_net(ctx: AuditContext, config: IdentityConfig) -> IdentityNet:
 
     table = ctx.reference
     key = fingerprint(table, ctx.seed, config, what="identity")
-    memo = f"identity:{key}"
-    if memo in ctx.cache:
-        return ctx.cache[memo]
     on_disk = bool(ctx.options.get("cache_dir")) or Path(ctx.workdir) != Path(".")
     path = cache_dir(ctx) / f"identity-{key}.pt"
-    net = _load(path, key, config) if on_disk else None
-    if net is None:
-        net = train_identity(table, config, seed=ctx.seed, device=ctx.device)
-        if on_disk:
-            save_segmenter(net, config, path, key)
-    net = net.to(ctx.device).eval()
-    net.fingerprint = key  # what it learnt from: the key of results memoised across the run's contexts
-    ctx.cache[memo] = net
-    return net
+
+    def load_or_train() -> IdentityNet:
+        net = _load(path, key, config) if on_disk else None
+        if net is None:
+            net = train_identity(table, config, seed=ctx.seed, device=ctx.device)
+            if on_disk:
+                save_segmenter(net, config, path, key)
+        net = net.to(ctx.device).eval()
+        net.fingerprint = key  # what it learnt from: the key of results memoised across the run's contexts
+        return net
+
+    return ctx.shared_memo(("identity", key, str(path), str(ctx.device)), load_or_train)

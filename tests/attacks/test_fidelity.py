@@ -189,14 +189,23 @@ def phantom_fidelity(tmp_path_factory):
     table = open_source("phantom:60").load(32)
     split = make_split(table, seed=0)
     real = table.select_patients(split.nonmembers)
-    cache: dict = {}
+    shared: dict = {}  # one run's memo, as every model's audit context holds it
     options = {"cache_dir": str(tmp_path_factory.mktemp("cache")), "segmenter": {"steps": 60}}
     out = {}
     for name, corrupt in (("real", lambda x: x), ("blur", _blur), ("noise", _noise)):
-        ctx = AuditContext(model=name, generator=None, data=table, split=split, options=options, cache=cache,
+        ctx = AuditContext(model=name, generator=None, data=table, split=split, options=options, shared=shared,
                            synthetic=dataclasses.replace(real, images=corrupt(real.images)), profile="smoke")
         out[name] = fidelity.Fidelity().compute(ctx)
+    # the real-vs-real baseline reads real slices only: computed for the first model, read by the others
+    out["baselines_computed"] = sum(key[0] == "fidelity-baseline" for key in shared)
     return out
+
+
+def test_the_real_vs_real_baseline_is_computed_once_per_run(phantom_fidelity):
+    assert phantom_fidelity["baselines_computed"] == 1
+    baselines = {name: {k: v.details["real_vs_real"] for k, v in phantom_fidelity[name].items()}
+                 for name in ("real", "blur", "noise")}
+    assert baselines["real"] == baselines["blur"] == baselines["noise"]
 
 
 def test_every_value_has_a_direction_and_a_real_vs_real_baseline(phantom_fidelity):
