@@ -67,6 +67,10 @@ def environment(device: str, seed: int) -> dict[str, Any]:
 
         # bf16 autocast on CPUs with AMX (cmraudit.training.device): numbers differ slightly from an fp32 machine's
         env["cpu_bf16"] = cpu_has_bf16_matrix_units()
+        from .run.allocator import malloc_tuned
+
+        # speed only, never numbers: glibc's malloc keeps freed buffers for reuse (cmraudit.run.allocator)
+        env["malloc_tuned"] = malloc_tuned()
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
     return env

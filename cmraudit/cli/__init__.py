@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     torch_threads = os.environ.get("CMRAUDIT_THREADS")
     if torch_threads:
         os.environ.setdefault("OMP_NUM_THREADS", torch_threads)
+    from ..run.allocator import tune_malloc
+
+    tune_malloc()  # before the first tensor: reuse freed activation buffers instead of page-faulting fresh ones
     try:
         _preparse_plugins(argv)
         _add_commands()

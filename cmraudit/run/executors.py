@@ -205,6 +205,9 @@ def _shadow_plan(run: AuditRun, model: str) -> list[tuple[list[str], int]]:
 # ------------------------------------------------------------------------------------------- in the workers
 def _open(reopen: Callable[..., AuditRun], out: str, force: bool, queue: Any, model: str) -> AuditRun:
     """The run folder as a rerun would open it, its progress going to the driver."""
+    from .allocator import tune_malloc
+
+    tune_malloc()  # as the command line does in its own process
     threads = os.environ.get("CMRAUDIT_THREADS")
     if threads:
         import torch
