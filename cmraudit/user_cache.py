@@ -1,8 +1,9 @@
 """The per-user cache: work that depends only on public inputs and settings, shared by every run of one user.
 
-Two things are cached, both free of audited patients: the generated phantom tables (``phantom:N,seed=S`` at one
-image size) and the public pretraining of DP models (trained on ``dp_pretrain`` data only, before any member is
-seen). Anything that saw an audited patient stays in its run folder; real data (ACDC, M&Ms) is never copied here.
+Three things are cached, all free of audited patients: the generated phantom tables (``phantom:N,seed=S`` at one
+image size), the public pretraining of DP models (trained on ``dp_pretrain`` data only, before any member is
+seen) and the noise multipliers calibrated for a privacy budget (a function of ε, δ, the sample rate and the step
+count only). Anything that saw an audited patient stays in its run folder; real data (ACDC, M&Ms) is never copied here.
 
 Where: ``$CMRAUDIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/cmraudit``, else ``~/.cache/cmraudit``; set
 ``CMRAUDIT_CACHE_DIR=off`` to disable it. Keys are fingerprints of everything that determines the entry, including
@@ -77,3 +78,27 @@ def fetch_folder(kind: str, key: str, into: Path) -> bool:
         shutil.rmtree(tmp, ignore_errors=True)
         return False
     return True
+
+
+def read_json(kind: str, key: str) -> Any:
+    """The JSON entry ``key`` of ``kind``, or None when there is none (or it is unreadable, or caching is off)."""
+    path = entry_path(kind, f"{key}.json")
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(kind: str, key: str, value: Any) -> None:
+    """Store ``value`` as the JSON entry ``key`` of ``kind`` (atomically; a failure to write is ignored)."""
+    from .io import atomic_write_text
+
+    path = entry_path(kind, f"{key}.json")
+    if path is None:
+        return
+    try:
+        atomic_write_text(path, json.dumps(value))
+    except OSError:
+        pass  # a read-only home must not fail the run

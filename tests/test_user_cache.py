@@ -1,5 +1,5 @@
-"""The per-user cache: phantom tables and public pretraining are computed once per user, give the same numbers
-as computing them again, and can be switched off."""
+"""The per-user cache: phantom tables, public pretraining and calibrated noise multipliers are computed once per
+user, give the same numbers as computing them again, and can be switched off."""
 from __future__ import annotations
 
 import numpy as np
@@ -58,3 +58,32 @@ def test_public_pretraining_is_reused_across_runs_with_the_same_numbers(cache, r
     b = load_samples(tmp_path / "b" / "models" / "fast-tiny-dp2" / "samples.npz")
     assert torch.equal(a.images, b.images)
     assert cold["models"]["fast-tiny-dp2"]["training"]["dp"] == warm["models"]["fast-tiny-dp2"]["training"]["dp"]
+
+
+def test_a_calibrated_noise_multiplier_is_reused_and_a_tampered_one_is_not(cache, monkeypatch):
+    import opacus.accountants.utils as opacus_utils
+
+    from cmraudit.training import privacy
+    from cmraudit.user_cache import entry_path
+
+    dp = privacy.DPConfig(epsilon=8.0, delta=1e-5, accountant="rdp")
+    searches = []
+    search = opacus_utils.get_noise_multiplier
+
+    def counted(**kwargs):
+        searches.append(kwargs)
+        return search(**kwargs)
+
+    monkeypatch.setattr(opacus_utils, "get_noise_multiplier", counted)
+    first = privacy.calibrate(dp, 0.25, 40)
+    assert privacy.calibrate(dp, 0.25, 40) == first and len(searches) == 1
+    assert privacy.epsilon_spent("rdp", [(first, 0.25, 40)], 1e-5) <= 8.0
+    assert privacy.calibrate(dp, 0.25, 41) != first and len(searches) == 2  # another setting: another search
+
+    # an entry that would overspend the budget (too little noise) is searched again, and the search replaces it
+    entries = list(entry_path("dp-calibration", "x").parent.glob("*.json"))
+    assert len(entries) == 2
+    for entry in entries:
+        entry.write_text("0.5")
+    assert privacy.calibrate(dp, 0.25, 40) == first and len(searches) == 3
+    assert privacy.calibrate(dp, 0.25, 40) == first and len(searches) == 3

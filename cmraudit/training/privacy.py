@@ -117,18 +117,39 @@ def epsilon_spent(accountant: str, history: History, delta: float) -> float:
 
 #: noise multipliers above this learn nothing at any realistic batch size; calibration stops searching here
 MAX_NOISE_MULTIPLIER = 1000.0
+#: Opacus' epsilon_tolerance: the calibrated σ spends between target - tolerance and the target
+CALIBRATION_TOLERANCE = 0.01
 
 
 def calibrate(dp: DPConfig, sample_rate: float, steps: int) -> float:
     """The noise multiplier σ of the per-step mechanism: given, or the smallest σ reaching ``dp.epsilon``.
 
     Uses Opacus' ``get_noise_multiplier`` (binary search on the same accountant that records ε afterwards), so
-    the recorded ε is at most the target (within its 0.01 tolerance).
+    the recorded ε is at most the target (within its 0.01 tolerance). The search costs a dozen or more accountant
+    evaluations (3 s for the default run's PRV accountant), and its answer depends on public settings only, so it
+    is kept in the per-user cache (``cmraudit.user_cache``); a cached σ is used only after the accountant confirms
+    that it spends no more than the target.
     """
     if dp.noise_multiplier is not None:
         return float(dp.noise_multiplier)
     if dp.delta is None:
         raise ConfigError("dp: resolve delta with for_units(n) before calibrating")
+    import opacus
+
+    from ..user_cache import fingerprint, read_json, write_json
+
+    key = fingerprint("noise-multiplier", dp.accountant, float(dp.epsilon), float(dp.delta), float(sample_rate),
+                      int(steps), CALIBRATION_TOLERANCE, opacus.__version__)
+    cached = read_json("dp-calibration", key)
+    if isinstance(cached, (int, float)) and 0 < cached <= MAX_NOISE_MULTIPLIER and \
+            epsilon_spent(dp.accountant, [(float(cached), sample_rate, steps)], dp.delta) <= dp.epsilon:
+        return float(cached)
+    sigma = _search_noise_multiplier(dp, sample_rate, steps)
+    write_json("dp-calibration", key, sigma)
+    return sigma
+
+
+def _search_noise_multiplier(dp: DPConfig, sample_rate: float, steps: int) -> float:
     from opacus.accountants.utils import get_noise_multiplier
 
     # Opacus' search doubles σ up to 1e6, a minute or more of accounting, before it gives up on an unreachable ε
@@ -140,7 +161,7 @@ def calibrate(dp: DPConfig, sample_rate: float, steps: int) -> float:
         with _quiet():
             return float(get_noise_multiplier(target_epsilon=dp.epsilon, target_delta=dp.delta,
                                               sample_rate=sample_rate, steps=steps, accountant=dp.accountant,
-                                              epsilon_tolerance=0.01))
+                                              epsilon_tolerance=CALIBRATION_TOLERANCE))
     except ValueError as exc:
         raise ConfigError(f"dp: cannot reach epsilon={dp.epsilon} at delta={dp.delta:g} with q={sample_rate:.4g} "
                           f"over {steps} steps ({exc})") from None
