@@ -23,6 +23,8 @@ from cmraudit.data.types import PATHOLOGIES, SliceTable
 from cmraudit.hookspecs import hookimpl
 from cmraudit.measure.segmenter import context_config, evaluate, real_segmenter, train_segmenter
 
+from ._shared import table_key
+
 
 @dataclass(frozen=True)
 class UtilityConfig:
@@ -153,8 +155,7 @@ class Utility(Metric):
             raise NotApplicable("the synthetic set is empty")
         out: dict[str, MetricValue] = {}
 
-        trtr = self._cached(ctx, "utility:trtr", lambda: evaluate(real_segmenter(ctx, config=seg_config), test,
-                                                                  seed=ctx.seed))
+        trtr = _real_evaluation(ctx, real_segmenter(ctx, config=seg_config), test)
         tstr = evaluate(train_segmenter(syn.images, syn.masks, seed=ctx.seed, device=ctx.device, config=seg_config),
                         test, seed=ctx.seed)
         ratio = tstr["dice"]["mean"] / trtr["dice"]["mean"] if trtr["dice"]["mean"] else None
@@ -196,8 +197,7 @@ class Utility(Metric):
             held_out = _only_vendor(ctx.test, vendor)
             if not len(_without_vendor(ctx.members, vendor)):
                 continue  # no real patients of another vendor: no TRTR fold to compare with
-            trtr = self._cached(ctx, f"utility:lovo-trtr:{vendor}", lambda v=vendor, t=held_out: evaluate(
-                real_segmenter(ctx, exclude_vendor=v, config=seg_config), t, seed=ctx.seed))
+            trtr = _real_evaluation(ctx, real_segmenter(ctx, exclude_vendor=vendor, config=seg_config), held_out)
             tstr = evaluate(train_segmenter(train.images, train.masks, seed=ctx.seed, device=ctx.device,
                                             config=seg_config), held_out, seed=ctx.seed)
             folds[vendor] = {"tstr": tstr["dice"]["mean"], "trtr": trtr["dice"]["mean"],
@@ -223,6 +223,13 @@ class Utility(Metric):
                 "pathology_tstr_balanced_accuracy": MetricValue(tstr["balanced_accuracy"], "higher", None, {
                     "description": desc + ", balanced over pathologies", "trtr": trtr["balanced_accuracy"],
                     "chance": 1 / len(set(test.pathologies.tolist()))})}
+
+
+def _real_evaluation(ctx: AuditContext, segmenter: torch.nn.Module, table: SliceTable) -> dict[str, Any]:
+    """``evaluate`` of a real-data segmenter (``real_segmenter``, which sets its ``fingerprint``) on real slices:
+    the same for every model of the run, so computed once per run."""
+    return ctx.shared_memo(("segmenter-evaluation", segmenter.fingerprint, table_key(table), int(ctx.seed)),
+                           lambda: evaluate(segmenter, table, seed=ctx.seed))
 
 
 @hookimpl

@@ -215,13 +215,17 @@ class GANGenerator(Generator):
         cond = Condition.build(batch.masks, batch.vendor, batch.pathology, self.conditioning)
         n = len(batch)
 
+        # One generator pass per step, as in the DCGAN recipe (Radford et al. 2016; PyTorch's DCGAN example): the
+        # discriminator learns on its detached output, then the generator's loss goes through the updated
+        # discriminator on the same images. The generator is the same network in both phases (it is updated only
+        # at the end), so this is the two-pass recipe with one draw of z instead of two, for a fifth less of a step.
+        with runner.autocast():
+            fake = g(torch.randn(n, self.config.z_dim, device=runner.device), cond.onehot, cond.labels)
         # Discriminator: real and fake go through separate forward passes and one backward, so under DP each
         # example's gradient (its real image plus the fake drawn from its mask) is clipped as one unit.
-        with torch.no_grad(), runner.autocast():
-            fake = g(torch.randn(n, self.config.z_dim, device=runner.device), cond.onehot, cond.labels)
         with runner.autocast():
             real_logits, real_features = d(batch.images, cond.onehot, cond.labels, with_features=True)
-            fake_logits = d(fake, cond.onehot, cond.labels)
+            fake_logits = d(fake.detach(), cond.onehot, cond.labels)
         loss_d = discriminator_loss(real_logits, fake_logits, self.config.loss)
         runner.optimize("discriminator", loss_d)
         # the real image's features for feature matching, taken from the pass above rather than a second one
@@ -230,7 +234,6 @@ class GANGenerator(Generator):
 
         with frozen(d):
             with runner.autocast():
-                fake = g(torch.randn(n, self.config.z_dim, device=runner.device), cond.onehot, cond.labels)
                 fake_logits_g, fake_features = d(fake, cond.onehot, cond.labels, with_features=True)
                 loss_adv = generator_loss(fake_logits_g, self.config.loss)
                 loss_fm = feature_matching_loss(fake_features, real_features)

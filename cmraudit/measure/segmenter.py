@@ -284,6 +284,7 @@ def real_segmenter(ctx: "AuditContext", role: str = "members", exclude_vendor: s
         if model is None:
             model = train_segmenter(table.images, table.masks, seed=ctx.seed, device=ctx.device, config=config)
             save_segmenter(model, config, path, key)
+        model.fingerprint = key  # what it learned from: the run-wide memo key of its evaluations
         return model.to(ctx.device).eval()
 
     return ctx.shared_memo(("segmenter", key, str(path), str(ctx.device)), load_or_train)
