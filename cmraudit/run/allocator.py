@@ -32,13 +32,12 @@ TOP_PAD = 64 * 1024 * 1024
 _tuned: bool | None = None
 
 
-def _user_tunes_malloc() -> str | None:
+def _user_tunes_malloc() -> bool:
+    """glibc malloc variables are set, or another allocator is preloaded: the user's choice stands."""
     if any(key.startswith("MALLOC_") for key in os.environ) or "GLIBC_TUNABLES" in os.environ:
-        return "glibc malloc variables are set"
+        return True
     preload = os.environ.get("LD_PRELOAD", "")
-    if any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc")):
-        return "another allocator is preloaded"
-    return None
+    return any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc"))
 
 
 def tune_malloc() -> bool:
@@ -55,10 +54,11 @@ def tune_malloc() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt, version = libc.mallopt, libc.gnu_get_libc_version  # absent from musl and other C libraries
-    except (OSError, AttributeError):
+    except OSError:
         return False
-    del version
+    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):  # musl and other C libraries
+        return False
+    mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success; all three or none would be the cleaner contract, but a refused value leaves
