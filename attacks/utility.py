@@ -83,7 +83,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, steps: int, bat
         net = Classifier(tuple(images.shape[1:]), len(PATHOLOGIES), channels=(8, 16, 32, 64), strides=(2, 2, 2, 2),
                          num_res_units=1).to(device)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3, foreach=True)
     net.train()
     for _ in range(steps):
         rows = torch.randint(0, len(images), (min(batch, len(images)),), generator=gen)

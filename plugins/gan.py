@@ -205,9 +205,9 @@ class GANGenerator(Generator):
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         betas = tuple(self.config.betas)
         return {"generator": torch.optim.Adam(self.nets["generator"].parameters(), self.config.lr_generator,
-                                              betas=betas),
+                                              betas=betas, foreach=True),
                 "discriminator": torch.optim.Adam(self.nets["discriminator"].parameters(),
-                                                  self.config.lr_discriminator, betas=betas)}
+                                                  self.config.lr_discriminator, betas=betas, foreach=True)}
 
     def training_step(self, batch: Batch, runner: StepRunner) -> dict[str, float]:
         batch = batch.to(runner.device)

@@ -175,7 +175,7 @@ class MaskVAEGenerator(MaskGenerator):
         return {"quick": {"steps": 150}}.get(profile, {})
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"mask_vae": torch.optim.Adam(self.nets["mask_vae"].parameters(), lr=self.config.lr)}
+        return {"mask_vae": torch.optim.Adam(self.nets["mask_vae"].parameters(), lr=self.config.lr, foreach=True)}
 
     def _kl_beta(self, steps: int) -> float:
         return kl_beta(self.config.kl_weight, self.config.kl_warmup_steps, steps)

@@ -135,7 +135,7 @@ class VAEGenerator(Generator):
         return {"quick": {"steps": 400}}.get(profile, {})
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"vae": torch.optim.Adam(self.nets["vae"].parameters(), lr=self.config.lr)}
+        return {"vae": torch.optim.Adam(self.nets["vae"].parameters(), lr=self.config.lr, foreach=True)}
 
     def _kl_beta(self, steps: int) -> float:
         return kl_beta(self.config.kl_weight, self.config.kl_warmup_steps, steps)

@@ -126,7 +126,7 @@ def train_identity(table: SliceTable, config: IdentityConfig | None = None, seed
     net = net.to(device)
     gen = torch.Generator().manual_seed(seed)
     images = table.images.float()
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr, foreach=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.steps, 1))
     n_patients = min(config.batch_patients, len(rows))
     net.train()

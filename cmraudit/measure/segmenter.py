@@ -102,7 +102,7 @@ def train_segmenter(images: torch.Tensor, masks: torch.Tensor, steps: int | None
     net = net.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(seed)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr, foreach=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     net.train()
     for step in range(steps):

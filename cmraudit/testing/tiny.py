@@ -175,7 +175,7 @@ class TinyGenerator(Generator):
         self.nets = {"net": _StructureIntensityNet(conditioning)}
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"net": torch.optim.Adam(self.nets["net"].parameters(), lr=self.config.lr)}
+        return {"net": torch.optim.Adam(self.nets["net"].parameters(), lr=self.config.lr, foreach=True)}
 
     def _nll(self, batch: Batch) -> torch.Tensor:
         mean, log_std = self.nets["net"](batch.masks, batch.vendor, batch.pathology)
