@@ -5,9 +5,10 @@
     python benchmarks/bench_unet_layout.py --threads 1 --batch 16
 
 Both variants are the same network object (the blocks' class is switched between rounds, which alternate so that
-load from other processes hits both), so the printed ratio is the speed-up of the blocks alone; the largest difference between their outputs is printed
-too. glibc's allocator is tuned as the ``cmraudit`` command tunes it. Also prints the two kernels behind it: a timestep-embedding add and a small-map GroupNorm in
-channels-last against NCHW.
+load from other processes hits both), so the printed ratio is the speed-up of the blocks alone; the largest
+difference between their outputs is printed too. glibc's allocator is tuned as the ``cmraudit`` command tunes it.
+Also prints the two kernels behind it: a timestep-embedding add and a small-map GroupNorm in channels-last against
+NCHW.
 """
 from __future__ import annotations
 

@@ -328,3 +328,28 @@ def test_canaries_drawn_in_are_trained_on_and_counted_by_the_accountant(fakes, t
     assert training["canaries"] == len(run.split.canaries_in) > 0
     assert training["dp"]["sample_rate"] == pytest.approx(training["train_config"]["batch_size"] / units)
     assert run.results["data"]["canaries"]["in"] == len(run.split.canaries_in)
+
+
+def test_models_share_one_null_audit_per_samples_only_attack(fakes, tmp_path, monkeypatch):
+    """The null baseline of a samples-only attack does not depend on the model: computed once per run, the same
+    block (and scores) in every model's record."""
+    from cmraudit.attacks.membership import GanLeaks
+
+    null_runs = []
+    original = GanLeaks.run
+
+    def counting(self, ctx):
+        if sorted(ctx.synthetic.patient_ids) == sorted(ctx.split.test):  # the null set: the test patients' slices
+            null_runs.append(1)
+        return original(self, ctx)
+
+    monkeypatch.setattr(GanLeaks, "run", counting)
+    models = [ModelSpec("fast-tiny", "fast-tiny"), ModelSpec("fast-tiny-again", "fast-tiny")]
+    config = fakes.tiny_config(tmp_path / "run", models=models, attacks=["gan-leaks"], metrics=[])
+    doc = AuditRun(config).run()
+    assert doc["status"] == "complete" and len(null_runs) == 1
+    blocks = [doc["models"][m.name]["attacks"]["gan-leaks"]["null"] for m in models]
+    assert blocks[0]["status"] == "ok" and blocks[0]["auc"] is not None
+    without_path = [{k: v for k, v in block.items() if k != "scores"} for block in blocks]
+    assert without_path[0] == without_path[1]
+    assert all((config.out / block["scores"]).is_file() for block in blocks)

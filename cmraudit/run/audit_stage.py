@@ -2,7 +2,8 @@
 
 Each membership attack runs up to three times: on the real patients (the audit), on the canaries (an audit with
 power, ``cmraudit.run.canaries``), and, for attacks that see only the samples, with the test patients' own real
-slices in place of the synthetic set (the null baseline: what the split's draw alone gives).
+slices in place of the synthetic set (the null baseline: what the split's draw alone gives; once per run, as it
+does not depend on the model).
 
 Attacks are chosen by ``selection``, summarised by the one shared implementation in ``cmraudit.stats`` (whose score
 files anyone can re-check with scikit-learn), and each result is written to results.json as soon as it exists. An
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from .. import results as R
-from ..api import AttackResult, AuditContext, NotApplicable
+from ..api import AttackResult, AuditContext, NotApplicable, content_key
 from ..data.types import SliceTable
 from ..measure.features import ENCODER_SOURCE
 from ..registry import get
@@ -83,23 +84,36 @@ def run_attack(ctx: "StageContext", audits: "Audits", name: str) -> dict[str, An
             out["canaries"] = _side_audit(ctx, attack, audits.canaries, f"{name}.canaries",
                                           lambda result: canary_summary(result, audits.dp_delta))
         if audits.null is not None and attack.reads_samples_only:
-            out["null"] = _side_audit(ctx, attack, audits.null, f"{name}.null", null_summary)
+            out["null"] = _side_audit(ctx, attack, audits.null, f"{name}.null", null_summary,
+                                      memo_key=null_audit_key(audits.null, attack))
         return out
 
     return _guarded("attack", name, {"kind": getattr(get("attacks", name), "kind", "mia")}, audit.generator, work)
 
 
 def _side_audit(ctx: "StageContext", attack: Any, audit: AuditContext, file_name: str,
-                summary: Callable[[AttackResult], dict[str, Any]]) -> dict[str, Any]:
-    """The attack again on another context (canaries, null set), its scores saved beside the main ones. A crash
-    here is recorded in the block, not against the attack's main result."""
+                summary: Callable[[AttackResult], dict[str, Any]], memo_key: tuple | None = None) -> dict[str, Any]:
+    """The attack again on another context (canaries, null set), its scores saved beside the main ones; with a
+    ``memo_key``, once per run for that key. A crash here is recorded in the block, not against the attack's main
+    result."""
     try:
-        result = attack.run(audit)
+        result = attack.run(audit) if memo_key is None else audit.shared_memo(memo_key, lambda: attack.run(audit))
         path = ctx.folder.scores_path(audit.model, file_name)
         save_scores(result, path)
         return {**R.jsonable(summary(result)), "status": "ok", "scores": ctx.folder.rel(path)}
     except Exception as exc:
         return {"status": "failed", "error": describe_error(exc, plugin_label("attack", attack.name, type(attack)))}
+
+
+def null_audit_key(audit: AuditContext, attack: Any) -> tuple:
+    """What a samples-only attack's null result depends on: the attack and its settings, the null set, the split
+    and the seed. Not the model, which such an attack sees only through the synthetic set the null set replaces
+    (``Attack.reads_samples_only``): every model of a run shares one null result per attack."""
+    null = audit.synthetic
+    return ("null-audit", attack.name, repr(sorted(audit.settings(attack).items())),
+            tuple(content_key(column) for column in (null.images, null.masks, null.patients)),
+            repr(sorted(null.meta.items())), repr(sorted(audit.split.role_of().items())), int(audit.seed),
+            str(audit.device))
 
 
 def canary_summary(result: AttackResult, delta: float = 0.0) -> dict[str, Any]:

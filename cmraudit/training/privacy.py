@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -111,8 +112,15 @@ def epsilon_spent(accountant: str, history: History, delta: float) -> float:
         return 0.0
     if any(not 0 < q <= 1 for _, q, _ in history):
         raise ConfigError("dp: sample rates must lie in (0, 1]")
+    return _epsilon(accountant, tuple((float(s), float(q), int(n)) for s, q, n in history), float(delta))
+
+
+@functools.lru_cache(maxsize=64)
+def _epsilon(accountant: str, history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """Memoised: the accountant is a deterministic function of its history, and a DP run asks for the same ε up to
+    three times (the check of a cached σ, the last checkpoint, the record), 0.55 s each with PRV on the default run."""
     with _quiet():
-        return float(make_accountant(accountant, history).get_epsilon(delta=delta))
+        return float(make_accountant(accountant, list(history)).get_epsilon(delta=delta))
 
 
 #: noise multipliers above this learn nothing at any realistic batch size; calibration stops searching here
