@@ -14,6 +14,17 @@ checkouts (A B A B with ``--repeat 2``) so that a background load hits all of th
 seconds, across machines. Every checkout gets its own empty per-user cache (``CMRAUDIT_CACHE_DIR``) at its first
 run: the first run is cold, later repeats are warm.
 
+The speed of a shared machine drifts, by a quarter or more within an hour on the 2-core boxes this was written
+on, so a run's wall time alone compares badly with one taken ten minutes earlier. Before every run and after the
+last, a fixed probe (``PROBE``: convolution, GroupNorm and SiLU forward and backward in bf16 or fp32, the default
+run's kind of work, ~8 s with its start-up) times the machine; each run's wall time is also given divided by the mean of the probes
+just before and after it ("probe units"), and each later checkout's runs are compared with the first checkout's
+run of the same repeat, raw and in probe units. A run whose probes differ by more than 15 % ran on a machine that
+changed speed under it: its row is marked.
+
+A ``--keep`` folder can be reused: its per-user caches stay, so a checkout whose cache is already filled starts
+warm (the cache state printed is what the folder held, not the repeat number).
+
 Each run is a child process; its peak resident memory is its own (``os.wait4``'s rusage). Targets on 2 CPU cores:
 <= 5 minutes wall, <= 4 GB peak. Also prints where the time went (training per model, then each attack and metric),
 from results.json.
@@ -49,12 +60,64 @@ class Timing:
     cpu: float
     exit_code: int
     results: dict | None
+    warm: bool = False
+    #: probe seconds just before and just after the run (``PROBE``)
+    probes: tuple[float, float] = (float("nan"), float("nan"))
+
+    @property
+    def probe(self) -> float:
+        return sum(self.probes) / 2
+
+    @property
+    def drift(self) -> float:
+        """Relative change of the machine's speed across the run (after / before - 1)."""
+        return self.probes[1] / self.probes[0] - 1
+
+
+#: the machine-speed probe, run in a child process with the benchmark's thread count: a small conv net's training
+#: steps on 64x64 maps (bf16 autocast where the CPU has bf16 matrix units, as cmraudit uses it), the median of three
+#: timed rounds after a warm-up (back to back, single rounds varied by +-12 % on a shared 2-core box)
+PROBE = """
+import sys, time, torch
+torch.manual_seed(0)
+bf16 = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+layers = []
+for _ in range(4):
+    layers += [torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.GroupNorm(8, 16), torch.nn.SiLU()]
+net = torch.nn.Sequential(*layers)
+opt = torch.optim.AdamW(net.parameters(), 1e-3)
+x = torch.randn(16, 16, 64, 64)
+def step():
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = net(x).float().square().mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+for _ in range(5):
+    step()
+rounds = []
+for _ in range(3):
+    start = time.perf_counter()
+    for _ in range(int(sys.argv[1])):
+        step()
+    rounds.append(time.perf_counter() - start)
+print(sorted(rounds)[1])
+"""
+PROBE_STEPS = 25
+
+
+def probe(threads: int) -> float:
+    """Seconds of the fixed probe workload on this machine now."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, "-c", f"import torch; torch.set_num_threads({threads})\n" + PROBE,
+                          str(PROBE_STEPS)], env=env, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
 
 
 def materialise(checkout: str, into: Path) -> Path:
     """The checkout's sources under ``into``/src in the installed layout; returns the folder for PYTHONPATH."""
     src = into / "src"
     tree = into / "tree"
+    for stale in (src, tree):  # a reused --keep folder: fresh sources, the cache stays
+        shutil.rmtree(stale, ignore_errors=True)
     path = Path(checkout)
     if path.is_dir():
         shutil.copytree(path, tree, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build"))
@@ -78,6 +141,8 @@ def run_once(label: str, repeat: int, src: Path, workdir: Path, cache: Path, thr
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "CMRAUDIT_THREADS": str(threads), "PYTHONPATH": str(src), "CMRAUDIT_CACHE_DIR": str(cache)}
     cmd = [sys.executable, "-m", "cmraudit", "run", "--out", str(out), *run_args]
+    shutil.rmtree(out, ignore_errors=True)
+    warm = cache.is_dir() and any(cache.iterdir())
     start = time.perf_counter()
     with open(workdir / f"stderr-{repeat}.log", "w") as err:
         child = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=err)
@@ -88,7 +153,7 @@ def run_once(label: str, repeat: int, src: Path, workdir: Path, cache: Path, thr
         print((workdir / f"stderr-{repeat}.log").read_text()[-3000:], file=sys.stderr)
     results = out / "results.json"
     return Timing(label, repeat, wall, usage.ru_maxrss / 1024 ** 2, usage.ru_utime + usage.ru_stime, code,
-                  json.loads(results.read_text()) if results.exists() else None)
+                  json.loads(results.read_text()) if results.exists() else None, warm)
 
 
 def breakdown(doc: dict) -> None:
@@ -131,23 +196,36 @@ def main() -> int:
             workdir = root / f"checkout-{i}"
             workdir.mkdir(parents=True, exist_ok=True)
             prepared.append((checkout, materialise(checkout, workdir), workdir, workdir / "cache"))
+        before = probe(args.threads)
         for repeat in range(1, args.repeat + 1):
             for checkout, src, workdir, cache in prepared:
                 t = run_once(checkout, repeat, src, workdir, cache, args.threads, args.run_args)
+                after = probe(args.threads)
+                t.probes, before = (before, after), after
                 timings.append(t)
-                state = "cold cache" if repeat == 1 else "warm cache"
+                state = "warm cache" if t.warm else "cold cache"
                 print(f"\n{checkout} (run {repeat}, {state}): exit {t.exit_code}, wall {t.wall:.1f} s "
                       f"(target <= {TARGET_SECONDS} s), peak {t.peak_gb:.2f} GB (target <= {TARGET_GB} GB), "
                       f"cpu {t.cpu:.1f} s = {t.cpu / max(t.wall, 1e-9):.2f} cores busy, load average "
-                      f"{os.getloadavg()[0]:.1f}", flush=True)
+                      f"{os.getloadavg()[0]:.1f}, probe {t.probes[0]:.2f} s before, {t.probes[1]:.2f} s after",
+                      flush=True)
                 if t.results:
                     breakdown(t.results)
-    first = timings[0]
-    print(f"\nside by side ({args.threads} threads; ratio = wall / wall of {first.checkout} run 1):")
-    print(f"  {'checkout':<30} {'run':>3} {'wall s':>8} {'ratio':>6} {'peak GB':>8} {'cpu s':>8} {'exit':>4}")
+    first = checkouts[0]
+    baseline = {t.repeat: t for t in timings if t.checkout == first}
+    print(f"\nside by side ({args.threads} threads; ratio = wall / wall of {first}'s run of the same repeat; "
+          "probe units = wall / mean of the probes around the run):")
+    print(f"  {'checkout':<24} {'run':>3} {'cache':>5} {'wall s':>8} {'ratio':>6} {'probe units':>11} {'ratio':>6} "
+          f"{'drift':>6} {'peak GB':>8} {'cpu s':>8} {'exit':>4}")
     for t in timings:
-        print(f"  {t.checkout[-30:]:<30} {t.repeat:>3} {t.wall:8.1f} {t.wall / first.wall:6.2f} {t.peak_gb:8.2f} "
-              f"{t.cpu:8.1f} {t.exit_code:>4}")
+        base = baseline.get(t.repeat, timings[0])
+        marked = " *" if abs(t.drift) > 0.15 else ""
+        units, base_units = t.wall / t.probe, base.wall / base.probe
+        print(f"  {t.checkout[-24:]:<24} {t.repeat:>3} {'warm' if t.warm else 'cold':>5} {t.wall:8.1f} "
+              f"{t.wall / base.wall:6.2f} {units:11.1f} {units / base_units:6.2f} "
+              f"{t.drift:+6.0%} {t.peak_gb:8.2f} {t.cpu:8.1f} {t.exit_code:>4}{marked}")
+    if any(abs(t.drift) > 0.15 for t in timings):
+        print("  * the machine's speed changed by more than 15 % during this run: compare with care")
     return max(t.exit_code for t in timings)
 
 
