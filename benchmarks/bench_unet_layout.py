@@ -14,18 +14,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
-
-
-def _median_ms(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+from bench_cpu_bf16 import _median_ms  # this folder is on sys.path when the script runs
 
 
 def kernels(dtype: torch.dtype, rounds: int) -> None:
@@ -35,12 +26,11 @@ def kernels(dtype: torch.dtype, rounds: int) -> None:
         x_cl = x.contiguous(memory_format=torch.channels_last)
         emb = torch.randn(shape[:2]).to(dtype)[:, :, None, None]
         weight, bias = torch.ones(shape[1]), torch.zeros(shape[1])
-        for fn in (lambda: x_cl + emb, lambda: f.group_norm(x_cl, 8, weight, bias)):
-            fn()
-        add = _median_ms(lambda: x_cl + emb, rounds)
-        add_full = _median_ms(lambda: x_cl + emb.expand(shape).contiguous(memory_format=torch.channels_last), rounds)
-        norm_cl = _median_ms(lambda: f.group_norm(x_cl, 8, weight, bias), rounds)
-        norm = _median_ms(lambda: f.group_norm(x, 8, weight, bias), rounds)
+        add = _median_ms(lambda: x_cl + emb, rounds, 1)
+        add_full = _median_ms(lambda: x_cl + emb.expand(shape).contiguous(memory_format=torch.channels_last),
+                              rounds, 1)
+        norm_cl = _median_ms(lambda: f.group_norm(x_cl, 8, weight, bias), rounds, 1)
+        norm = _median_ms(lambda: f.group_norm(x, 8, weight, bias), rounds, 1)
         print(f"  {str(shape):18s} embedding add: broadcast {add:5.2f} ms, materialised {add_full:5.2f} ms | "
               f"GroupNorm: channels-last {norm_cl:5.2f} ms, NCHW {norm:5.2f} ms")
 
@@ -90,7 +80,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for variant, block_cls in (("monai", DiffusionUNetResnetBlock), ("cmraudit", ResnetBlock)):
             use(block_cls)
-            times[variant].append(_median_ms(forward, 1) / n)
+            times[variant].append(_median_ms(forward, 1, 0) / n)
     monai_ms, ours_ms = statistics.median(times["monai"]), statistics.median(times["cmraudit"])
     print(f"quick UNet inference, batch {n}, {args.threads} thread(s), "
           f"{str(dtype).replace('torch.', '') if dtype else 'fp32'}, channels-last:")
