@@ -10,8 +10,10 @@ steps.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,6 +210,13 @@ def trained_tiny_generator(table: SliceTable, image_size: int | None = None, ste
     return gen.eval()
 
 
+def _throwaway_folder() -> Path:
+    """A temporary work folder, removed when the interpreter exits (callers that keep files pass ``workdir``)."""
+    folder = Path(tempfile.mkdtemp(prefix="cmraudit-context-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def make_audit_context(generator: Generator | None = None, table: SliceTable | None = None, seed: int = 0,
                        profile: str = "smoke", options: dict[str, Any] | None = None,
                        workdir: Path | None = None) -> AuditContext:
@@ -229,7 +238,7 @@ def make_audit_context(generator: Generator | None = None, table: SliceTable | N
         return shadow.eval()
 
     return AuditContext(model="contract-check", generator=generator, data=table, split=split, synthetic=synthetic,
-                        profile=profile, seed=seed, device="cpu", workdir=workdir or Path(tempfile.mkdtemp()),
+                        profile=profile, seed=seed, device="cpu", workdir=workdir or _throwaway_folder(),
                         options=dict(options or {}), train_shadow=train_shadow)
 
 

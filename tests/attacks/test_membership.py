@@ -51,7 +51,7 @@ def test_shadow_training_attacks_join_groups_on_the_standard_profile_only():
     assert "lira" in resolve_attacks("mia", generator, profile="standard")[0]
 
 
-def test_a_models_signals_on_the_same_slices_are_computed_once_per_run(monkeypatch):
+def test_a_models_signals_on_the_same_slices_are_computed_once_per_run(monkeypatch, tmp_path):
     """The canary audit calibrates on the real audit's reference patients: their white-box signals come from the
     run's memo, equal to a fresh computation; other slices or another model are computed anew."""
     import dataclasses
@@ -61,7 +61,7 @@ def test_a_models_signals_on_the_same_slices_are_computed_once_per_run(monkeypat
 
     from cmraudit.testing.tiny import make_audit_context
 
-    ctx = make_audit_context()
+    ctx = make_audit_context(workdir=tmp_path)
     calls = []
     original = type(ctx.generator).membership_signal
     monkeypatch.setattr(type(ctx.generator), "membership_signal",
