@@ -6,6 +6,7 @@ by side.
     python benchmarks/bench_default_run.py --checkout 79babe9 --checkout .   # an older commit against this tree
     python benchmarks/bench_default_run.py --repeat 2             # second run with the per-user cache warm
     python benchmarks/bench_default_run.py --threads 2 -- --profile smoke    # extra args go to `cmraudit run`
+    python benchmarks/bench_default_run.py --concurrent --checkout 79babe9 --checkout .   # same minutes, one core each
 
 Each checkout (a git revision of this repository, or a directory) is copied into a temporary folder laid out as
 the installed package (``cmraudit``, with ``plugins``, ``attacks`` and ``reports`` inside it) and run from there
@@ -17,10 +18,16 @@ run: the first run is cold, later repeats are warm.
 The speed of a shared machine drifts, by a quarter or more within an hour on the 2-core boxes this was written
 on, so a run's wall time alone compares badly with one taken ten minutes earlier. Before every run and after the
 last, a fixed probe (``PROBE``: convolution, GroupNorm and SiLU forward and backward in bf16 or fp32, the default
-run's kind of work, ~8 s with its start-up) times the machine; each run's wall time is also given divided by the mean of the probes
-just before and after it ("probe units"), and each later checkout's runs are compared with the first checkout's
-run of the same repeat, raw and in probe units. A run whose probes differ by more than 15 % ran on a machine that
-changed speed under it: its row is marked.
+run's kind of work, ~8 s with its start-up) times the machine; each run's wall time is also given divided by the
+mean of the probes just before and after it ("probe units"), and each later checkout's runs are compared with the
+first checkout's run of the same repeat, raw and in probe units. A run whose probes differ by more than 15 % ran on
+a machine that changed speed under it: its row is marked.
+
+``--concurrent`` takes the drift out instead of measuring it: the two checkouts run at the same time, each on a
+core of its own with one thread. The first runs ``--repeat`` times; the second runs again and again until the
+first is done (its first run cold, later ones warm), so both share whatever the machine does in those minutes.
+The second checkout's runs that started and ended within the first's are compared with it; a run of one thread
+is not the default run of two, so this gives the ratio, and the sequential mode the seconds.
 
 A ``--keep`` folder can be reused: its per-user caches stay, so a checkout whose cache is already filled starts
 warm (the cache state printed is what the folder held, not the repeat number).
@@ -63,6 +70,8 @@ class Timing:
     warm: bool = False
     #: probe seconds just before and just after the run (``PROBE``)
     probes: tuple[float, float] = (float("nan"), float("nan"))
+    #: start and end, seconds since the sitting began (``--concurrent`` matches runs by them)
+    span: tuple[float, float] = (0.0, 0.0)
 
     @property
     def probe(self) -> float:
@@ -136,24 +145,27 @@ def materialise(checkout: str, into: Path) -> Path:
 
 
 def run_once(label: str, repeat: int, src: Path, workdir: Path, cache: Path, threads: int,
-             run_args: list[str]) -> Timing:
+             run_args: list[str], core: int | None = None, epoch: float = 0.0) -> Timing:
     out = workdir / f"run-{repeat}"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "CMRAUDIT_THREADS": str(threads), "PYTHONPATH": str(src), "CMRAUDIT_CACHE_DIR": str(cache)}
     cmd = [sys.executable, "-m", "cmraudit", "run", "--out", str(out), *run_args]
     shutil.rmtree(out, ignore_errors=True)
     warm = cache.is_dir() and any(cache.iterdir())
+    pin = None if core is None else (lambda: os.sched_setaffinity(0, {core}))
     start = time.perf_counter()
     with open(workdir / f"stderr-{repeat}.log", "w") as err:
-        child = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=err)
+        child = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=pin)
         _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
+    end = time.perf_counter()
+    wall = end - start
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         print((workdir / f"stderr-{repeat}.log").read_text()[-3000:], file=sys.stderr)
     results = out / "results.json"
     return Timing(label, repeat, wall, usage.ru_maxrss / 1024 ** 2, usage.ru_utime + usage.ru_stime, code,
-                  json.loads(results.read_text()) if results.exists() else None, warm)
+                  json.loads(results.read_text()) if results.exists() else None, warm,
+                  span=(start - epoch, end - epoch))
 
 
 def breakdown(doc: dict) -> None:
@@ -177,6 +189,70 @@ def breakdown(doc: dict) -> None:
         print(f"  {plugin:<16} {seconds:7.1f} s over all models")
 
 
+def report_run(t: Timing) -> None:
+    state = "warm cache" if t.warm else "cold cache"
+    print(f"\n{t.checkout} (run {t.repeat}, {state}): exit {t.exit_code}, wall {t.wall:.1f} s "
+          f"(target <= {TARGET_SECONDS} s), peak {t.peak_gb:.2f} GB (target <= {TARGET_GB} GB), "
+          f"cpu {t.cpu:.1f} s = {t.cpu / max(t.wall, 1e-9):.2f} cores busy, load average "
+          f"{os.getloadavg()[0]:.1f}" + ("" if t.probes[0] != t.probes[0] else  # nan: no probe (--concurrent)
+                                        f", probe {t.probes[0]:.2f} s before, {t.probes[1]:.2f} s after"), flush=True)
+    if t.results:
+        breakdown(t.results)
+
+
+def concurrent(prepared: list[tuple[str, Path, Path, Path]], repeat: int, run_args: list[str]) -> int:
+    """The first checkout ``repeat`` times on one core while the second runs back to back on another, one thread
+    each; the second's runs inside the first's window are its comparison (see the module docstring)."""
+    import threading
+
+    cores = sorted(os.sched_getaffinity(0))
+    if len(prepared) != 2 or len(cores) < 2:
+        sys.exit("--concurrent needs exactly two --checkout and two CPU cores")
+    (base_label, base_src, base_dir, base_cache), (label, src, workdir, cache) = prepared
+    epoch = time.perf_counter()
+    base_runs: list[Timing] = []
+    runs: list[Timing] = []
+    done = threading.Event()
+
+    def baseline() -> None:
+        for i in range(1, repeat + 1):
+            base_runs.append(run_once(base_label, i, base_src, base_dir, base_cache, 1, run_args, cores[0], epoch))
+        done.set()
+
+    def contender() -> None:
+        i = 0
+        while not done.is_set():
+            i += 1
+            runs.append(run_once(label, i, src, workdir, cache, 1, run_args, cores[1], epoch))
+
+    threads = [threading.Thread(target=baseline), threading.Thread(target=contender)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for t in base_runs + runs:
+        report_run(t)
+
+    window = (min(t.span[0] for t in base_runs), max(t.span[1] for t in base_runs))
+    base_wall = sum(t.wall for t in base_runs) / len(base_runs)
+    print(f"\nconcurrent (1 thread each; {base_label} on core {cores[0]}, {label} on core {cores[1]}; "
+          f"ratio = wall / mean wall of {base_label}'s runs, for runs inside their window "
+          f"{window[0]:.0f}-{window[1]:.0f} s):")
+    print(f"  {'checkout':<24} {'run':>3} {'cache':>5} {'start s':>8} {'end s':>8} {'wall s':>8} {'ratio':>6} "
+          f"{'peak GB':>8} {'cpu s':>8} {'exit':>4}")
+    for t in base_runs + runs:
+        inside = window[0] <= t.span[0] and t.span[1] <= window[1]
+        print(f"  {t.checkout[-24:]:<24} {t.repeat:>3} {'warm' if t.warm else 'cold':>5} {t.span[0]:8.0f} "
+              f"{t.span[1]:8.0f} {t.wall:8.1f} {t.wall / base_wall:6.2f} {t.peak_gb:8.2f} {t.cpu:8.1f} "
+              f"{t.exit_code:>4}{'' if inside else '  (outside the window: not compared)'}")
+    for state, warm in (("cold", False), ("warm", True)):
+        walls = [t.wall for t in runs if t.warm == warm and window[0] <= t.span[0] and t.span[1] <= window[1]]
+        if walls:
+            print(f"  {label}, {state} cache: mean {sum(walls) / len(walls):.1f} s over {len(walls)} run(s), "
+                  f"{sum(walls) / len(walls) / base_wall:.2f}x {base_label}")
+    return max(t.exit_code for t in base_runs + runs)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkout", action="append", default=None,
@@ -184,6 +260,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per checkout (later ones with a warm cache)")
     parser.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads (default 2: two CPU cores)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the run folders under this directory")
+    parser.add_argument("--concurrent", action="store_true",
+                        help="run two checkouts at the same time, one core and one thread each (see above)")
     parser.add_argument("run_args", nargs="*", help="extra arguments for `cmraudit run` (after --)")
     args = parser.parse_args()
     checkouts = args.checkout or [str(REPO)]
@@ -196,6 +274,8 @@ def main() -> int:
             workdir = root / f"checkout-{i}"
             workdir.mkdir(parents=True, exist_ok=True)
             prepared.append((checkout, materialise(checkout, workdir), workdir, workdir / "cache"))
+        if args.concurrent:
+            return concurrent(prepared, args.repeat, args.run_args)
         before = probe(args.threads)
         for repeat in range(1, args.repeat + 1):
             for checkout, src, workdir, cache in prepared:
@@ -203,14 +283,7 @@ def main() -> int:
                 after = probe(args.threads)
                 t.probes, before = (before, after), after
                 timings.append(t)
-                state = "warm cache" if t.warm else "cold cache"
-                print(f"\n{checkout} (run {repeat}, {state}): exit {t.exit_code}, wall {t.wall:.1f} s "
-                      f"(target <= {TARGET_SECONDS} s), peak {t.peak_gb:.2f} GB (target <= {TARGET_GB} GB), "
-                      f"cpu {t.cpu:.1f} s = {t.cpu / max(t.wall, 1e-9):.2f} cores busy, load average "
-                      f"{os.getloadavg()[0]:.1f}, probe {t.probes[0]:.2f} s before, {t.probes[1]:.2f} s after",
-                      flush=True)
-                if t.results:
-                    breakdown(t.results)
+                report_run(t)
     first = checkouts[0]
     baseline = {t.repeat: t for t in timings if t.checkout == first}
     print(f"\nside by side ({args.threads} threads; ratio = wall / wall of {first}'s run of the same repeat; "

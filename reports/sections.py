@@ -112,7 +112,8 @@ def _attack_cell(entry: dict | None) -> Cell:
     if entry.get("status") == "ok":
         tpr = (R.tpr_at(entry, 0.01) or {})
         res = "" if tpr.get("resolvable", True) else " (unresolvable)"
-        return Cell(f"AUC {fmt(entry.get('auc'))} {fmt(entry.get('auc_ci'))}; TPR@1% {fmt(tpr.get('tpr'))}{res}")
+        ci = f" {fmt(tpr['ci'])}" if tpr.get("ci") else ""
+        return Cell(f"AUC {fmt(entry.get('auc'))} {fmt(entry.get('auc_ci'))}; TPR@1% {fmt(tpr.get('tpr'))}{ci}{res}")
     if entry.get("status") == "skipped":
         return Cell(f"skipped: {entry.get('reason')}", "muted")
     return Cell(f"failed: {entry.get('error')}", "fail")

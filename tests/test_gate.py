@@ -15,9 +15,11 @@ from cmraudit.gate import DEFAULT_POLICY, Policy, evaluate, junit_xml, load_poli
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def attack(auc: float, ci_hi: float, tpr: float = 0.02, resolvable: bool = True, kind: str = "mia", **details):
+def attack(auc: float, ci_hi: float, tpr: float = 0.02, resolvable: bool = True, kind: str = "mia",
+           tpr_ci: tuple[float, float] | None = None, **details):
+    tpr_ci = tpr_ci or (max(tpr - 0.02, 0.0), tpr + 0.02)
     return {"status": "ok", "kind": kind, "auc": auc, "auc_ci": [auc - 0.05, ci_hi], "scores": "scores/x.npz",
-            "tpr_at_fpr": {"0.01": {"tpr": tpr, "achieved_fpr": 0.01, "resolvable": resolvable}},
+            "tpr_at_fpr": {"0.01": {"tpr": tpr, "achieved_fpr": 0.01, "resolvable": resolvable, "ci": list(tpr_ci)}},
             "details": details}
 
 
@@ -67,6 +69,26 @@ def test_thresholds_fail_on_the_numbers():
                       ("x-dp20", "max_epsilon")}
     # on the point estimate instead of the CI bound the AUC rule holds
     assert ("leaky", "max_mia_auc") not in failures(doc, load_policy(None).with_overrides(auc_on="point"))
+
+
+@pytest.mark.parametrize("tpr, ci, verdict", [
+    (0.06, (0.0, 0.2), "inconclusive"),  # a point estimate over 0.05 whose CI cannot tell: not a fail
+    (0.02, (0.0, 0.2), "inconclusive"),
+    (0.2, (0.08, 0.4), "fail"),
+    (0.0, (0.0, 0.04), "pass"),
+])
+def test_tpr_rule_is_judged_on_its_patient_ci(tpr, ci, verdict):
+    m = model(attacks={"loss": attack(0.52, 0.58, tpr=tpr, tpr_ci=ci), "pia": attack(0.5, 0.55, tpr=0.0)})
+    rules = {r.rule: r for r in evaluate(document(m=m), load_policy(None))}
+    assert rules["max_tpr_at_fpr"].verdict == verdict
+    assert rules["max_tpr_at_fpr"].interval == pytest.approx(ci)
+
+
+def test_tpr_rule_on_results_without_a_ci_uses_the_point_estimate():
+    m = model(attacks={"loss": attack(0.52, 0.58, tpr=0.06)})
+    del m["attacks"]["loss"]["tpr_at_fpr"]["0.01"]["ci"]
+    rules = {r.rule: r for r in evaluate(document(m=m), load_policy(None))}
+    assert rules["max_tpr_at_fpr"].verdict == "fail" and rules["max_tpr_at_fpr"].interval is None
 
 
 @pytest.mark.parametrize("breakage, rule, reason", [

@@ -4,7 +4,7 @@ Policy file (every key optional; ``false`` turns a rule off)::
 
     max_mia_auc = 0.60          # worst membership-inference AUC over the MIA attacks ...
     auc_on = "ci_upper"         # ... on its bootstrap CI upper bound ("point": the AUC itself)
-    max_tpr_at_fpr = 0.05       # worst TPR at tpr_fpr (the achieved FPR must resolve it)
+    max_tpr_at_fpr = 0.05       # worst TPR at tpr_fpr, on its patient CI (the achieved FPR must resolve it)
     tpr_fpr = 0.01
     max_memorised_share = 0.05  # share of member patients with a memorised synthetic image
     max_epsilon = 10.0          # DP epsilon spent (a model trained without DP has epsilon = inf)

@@ -80,12 +80,18 @@ def mia_auc(model: dict[str, Any], settings: dict[str, Any]) -> Measurement:
 
 
 def tpr_at_fpr(model: dict[str, Any], settings: dict[str, Any]) -> Measurement:
-    """Worst TPR at ``tpr_fpr`` over the MIA attacks; unresolvable (too few non-members) fails closed."""
+    """Worst TPR at ``tpr_fpr`` over the MIA attacks, judged on its patient bootstrap 95% CI where the results
+    record one (``stats.tpr_ci``; a results file written before CIs were recorded is judged on the point
+    estimate). Unresolvable (too few non-members) fails closed.
+
+    At a low FPR a dozen non-member patients make the point estimate jump by whole patients' slices, so without
+    the CI a model's verdict flipped between reruns that differed by rounding; with it, the audit says what it
+    could tell, as the AUC rule does."""
     fpr = float(settings.get("tpr_fpr", 0.01))
     attacks, why = _attacks(model, "mia")
     if why:
         return Measurement(None, why)
-    values = []
+    values, intervals = [], []
     for name, attack in attacks:
         entry = R.tpr_at(attack, fpr)
         if entry is None or entry.get("tpr") is None:
@@ -93,8 +99,15 @@ def tpr_at_fpr(model: dict[str, Any], settings: dict[str, Any]) -> Measurement:
         if not entry.get("resolvable", False):
             return Measurement(None, f"{name}: TPR at FPR {fpr:g} is unresolvable (too few non-members)")
         values.append((entry["tpr"], name))
+        ci = entry.get("ci") or [None, None]
+        if ci[0] is not None and ci[1] is not None:
+            intervals.append((float(ci[0]), float(ci[1])))
     value, name = max(values)
-    return Measurement(value, f"worst: {name} at FPR {fpr:g}")
+    if len(intervals) < len(values):
+        return Measurement(value, f"worst: {name} at FPR {fpr:g}")
+    # as for the AUC: a pass needs every attack's CI below the threshold, a fail one attack's whole CI above it
+    return Measurement(value, f"worst: {name} at FPR {fpr:g} (patients' 95% CI)",
+                       (max(lo for lo, _ in intervals), max(hi for _, hi in intervals)))
 
 
 def memorised_share(model: dict[str, Any], settings: dict[str, Any]) -> Measurement:

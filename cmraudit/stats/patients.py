@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .roc import _labelled, _weighted_auc
+from .roc import _labelled, _weighted_auc, _weighted_tpr_at_fpr
 
 DEFAULT_BOOT = 1000
 
@@ -43,6 +43,23 @@ def auc_ci(member: np.ndarray, nonmember: np.ndarray, member_patients: np.ndarra
                               _patient_weights(nonmember_patients, n_boot, rng)], axis=1)
     values = _weighted_auc(scores, labels, weights)
     lo, hi = np.nanquantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def tpr_ci(member: np.ndarray, nonmember: np.ndarray, member_patients: np.ndarray, nonmember_patients: np.ndarray,
+           target: float, n_boot: int = DEFAULT_BOOT, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile CI of the TPR at FPR ≤ ``target`` from the same stratified patient bootstrap as :func:`auc_ci`.
+
+    At a low FPR the threshold sits among the top few non-member scores, and slices of one patient move together:
+    with a dozen non-member patients, one patient's slices decide whether a threshold lets 0 % or 8 % of the
+    non-members through, and one member patient's slices shift the TPR by a tenth. The point estimate alone cannot
+    carry a verdict (Carlini et al. 2022 read TPR at low FPR with thousands of independent examples)."""
+    scores, labels = _labelled(member, nonmember)
+    rng = np.random.default_rng(seed)
+    weights = np.concatenate([_patient_weights(member_patients, n_boot, rng),
+                              _patient_weights(nonmember_patients, n_boot, rng)], axis=1)
+    values, _ = _weighted_tpr_at_fpr(scores, labels, weights, target)
+    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
 
 

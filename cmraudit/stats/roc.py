@@ -76,11 +76,26 @@ def log_roc_points(member: np.ndarray, nonmember: np.ndarray, max_points: int = 
 def tpr_at_fpr(member: np.ndarray, nonmember: np.ndarray, target: float) -> dict[str, Any]:
     """TPR at the largest achieved FPR ≤ ``target``; ``resolvable`` is False when there are fewer than
     1/target non-members, so the target cannot even be reached by a single false positive."""
-    fpr, tpr, _ = roc_curve(member, nonmember)
-    ok = np.flatnonzero(fpr <= target * (1 + 1e-12))
-    i = ok[-1]  # fpr and tpr are non-decreasing, so the last admissible point has the largest of both
+    tpr, fpr = _weighted_tpr_at_fpr(*_labelled(member, nonmember), None, target)
     n_non = np.asarray(nonmember).size
-    return {"tpr": float(tpr[i]), "achieved_fpr": float(fpr[i]), "resolvable": bool(n_non * target >= 1 - 1e-9)}
+    return {"tpr": float(tpr[0]), "achieved_fpr": float(fpr[0]), "resolvable": bool(n_non * target >= 1 - 1e-9)}
+
+
+def _weighted_tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None,
+                         target: float) -> tuple[np.ndarray, np.ndarray]:
+    """(TPR, achieved FPR) at the largest FPR ≤ ``target``, for each row of ``weights`` (B, N) (frequency weights
+    from a bootstrap); one value each if weights is None. The ROC's points are the distinct scores (ties form one
+    point) plus the origin, as in :func:`roc_curve`; FPR and TPR only grow along it, so the last admissible point
+    has the largest TPR."""
+    w = np.ones((1, scores.size)) if weights is None else np.atleast_2d(weights)
+    order = np.argsort(-scores, kind="mergesort")
+    s, y, w = scores[order], labels[order].astype(bool), w[:, order]
+    last_of_value = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
+    member_w, non_w = np.where(y, w, 0.0), np.where(y, 0.0, w)
+    tpr = np.c_[np.zeros(len(w)), np.cumsum(member_w, axis=1)[:, last_of_value] / member_w.sum(1, keepdims=True)]
+    fpr = np.c_[np.zeros(len(w)), np.cumsum(non_w, axis=1)[:, last_of_value] / non_w.sum(1, keepdims=True)]
+    last = (fpr <= target * (1 + 1e-12)).sum(1, keepdims=True) - 1
+    return np.take_along_axis(tpr, last, 1)[:, 0], np.take_along_axis(fpr, last, 1)[:, 0]
 
 
 def advantage(member: np.ndarray, nonmember: np.ndarray) -> float:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .bounds import DEFAULT_DELTA, eps_lower_bound
-from .patients import DEFAULT_BOOT, aggregate_by_patient, auc_ci
+from .patients import DEFAULT_BOOT, aggregate_by_patient, auc_ci, tpr_ci
 from .roc import FPR_TARGETS, advantage, auc, tpr_at_fpr
 
 
@@ -16,7 +16,9 @@ def _block(member: np.ndarray, nonmember: np.ndarray, member_patients: np.ndarra
     return {
         "auc": auc(member, nonmember),
         "auc_ci": list(auc_ci(member, nonmember, member_patients, nonmember_patients, n_boot, seed)),
-        "tpr_at_fpr": {str(f): tpr_at_fpr(member, nonmember, f) for f in FPR_TARGETS},
+        "tpr_at_fpr": {str(f): {**tpr_at_fpr(member, nonmember, f),
+                                "ci": list(tpr_ci(member, nonmember, member_patients, nonmember_patients, f, n_boot,
+                                                  seed))} for f in FPR_TARGETS},
         "eps_lower_bound": eps_bound,
         "advantage": advantage(member, nonmember),
         "n_members": int(np.asarray(member).size),
