@@ -37,6 +37,26 @@ def test_tpr_at_fpr_takes_largest_achieved_fpr_below_target():
     assert out["achieved_fpr"] == 0.2 and out["tpr"] == 0.8  # 0.2 is the largest achieved FPR ≤ 0.25
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_bootstrap_tpr_matches_sklearn_with_sample_weights(seed):
+    """Each bootstrap replicate's TPR at FPR <= target is scikit-learn's weighted ROC read at that target, ties and
+    patients drawn zero times included."""
+    from cmraudit.stats.patients import _stratified_weights
+    from cmraudit.stats.roc import _weighted_tpr_at_fpr
+
+    rng = np.random.default_rng(seed)
+    m, n = np.round(rng.normal(0.5, 1, 60), 1), np.round(rng.normal(0, 1, 140), 1)
+    weights = _stratified_weights(rng.integers(0, 12, 60).astype(str), rng.integers(0, 20, 140).astype(str), 25, seed)
+    y, s = np.r_[np.ones(m.size), np.zeros(n.size)], np.r_[m, n]
+    targets = (0.1, 0.01, 0.03)
+    ours = _weighted_tpr_at_fpr(s, y, weights, targets)
+    for row, w in enumerate(weights):
+        fpr, tpr, _ = roc_curve(y, s, sample_weight=w, drop_intermediate=False)
+        for target, (tprs, fprs) in zip(targets, ours):
+            i = np.flatnonzero(fpr <= target * (1 + 1e-12))[-1]
+            assert (tprs[row], fprs[row]) == pytest.approx((tpr[i], fpr[i]), abs=1e-12)
+
+
 def _clustered(rng: np.random.Generator, patients: int, shift: float = 0.0, prefix: str = "p"):
     """Ten slices per patient whose scores share a patient effect, as white-box signals do."""
     effect = np.repeat(rng.normal(size=patients), 10)

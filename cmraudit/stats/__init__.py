@@ -17,12 +17,12 @@ from .bounds import (
                      one_run_eps_from_counts,
                      one_run_eps_lower_bound,
 )
-from .patients import DEFAULT_BOOT, aggregate_by_patient, auc_ci, cluster_bootstrap_mean, tpr_ci
+from .patients import DEFAULT_BOOT, aggregate_by_patient, auc_ci, bootstrap_cis, cluster_bootstrap_mean, tpr_ci
 from .power import null_auc_sd, ruled_out_auc, units_needed
 from .roc import FPR_TARGETS, advantage, auc, log_roc_points, roc_curve, tpr_at_fpr
 from .summary import summarize
 
 __all__ = ["DEFAULT_BOOT", "DEFAULT_DELTA", "DEFAULT_GUESS_FRACTIONS", "FPR_TARGETS", "advantage",
-           "aggregate_by_patient", "auc", "auc_ci", "clopper_pearson", "cluster_bootstrap_mean", "eps_lower_bound",
-           "log_roc_points", "null_auc_sd", "one_run_eps_from_counts", "one_run_eps_lower_bound", "roc_curve",
-           "ruled_out_auc", "summarize", "tpr_at_fpr", "tpr_ci", "units_needed"]
+           "aggregate_by_patient", "auc", "auc_ci", "bootstrap_cis", "clopper_pearson", "cluster_bootstrap_mean",
+           "eps_lower_bound", "log_roc_points", "null_auc_sd", "one_run_eps_from_counts", "one_run_eps_lower_bound",
+           "roc_curve", "ruled_out_auc", "summarize", "tpr_at_fpr", "tpr_ci", "units_needed"]

@@ -1,6 +1,8 @@
 """The patient as the unit: per-patient aggregation of slice scores and bootstraps that resample patients."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from .roc import _labelled, _weighted_auc, _weighted_tpr_at_fpr
@@ -27,40 +29,50 @@ def _patient_weights(patients: np.ndarray, n_boot: int, rng: np.random.Generator
     _, inverse = np.unique(np.asarray(patients, dtype=str), return_inverse=True)
     n_patients = int(inverse.max()) + 1
     draws = rng.integers(0, n_patients, size=(n_boot, n_patients))
-    counts = np.zeros((n_boot, n_patients))
-    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1.0)
+    flat = (np.arange(n_boot)[:, None] * n_patients + draws).ravel()
+    counts = np.bincount(flat, minlength=n_boot * n_patients).reshape(n_boot, n_patients).astype(np.float64)
     return counts[:, inverse]
 
 
-def auc_ci(member: np.ndarray, nonmember: np.ndarray, member_patients: np.ndarray, nonmember_patients: np.ndarray,
-           n_boot: int = DEFAULT_BOOT, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile CI of the AUC from a stratified bootstrap that resamples patients, not slices: members and
-    non-members are resampled separately (stratified), and a resampled patient contributes all its slices, so
-    slices of one patient are never treated as independent evidence."""
-    scores, labels = _labelled(member, nonmember)
+def _stratified_weights(member_patients: np.ndarray, nonmember_patients: np.ndarray, n_boot: int,
+                        seed: int) -> np.ndarray:
+    """Members' and non-members' patients resampled separately (stratified), members' columns first."""
     rng = np.random.default_rng(seed)
-    weights = np.concatenate([_patient_weights(member_patients, n_boot, rng),
-                              _patient_weights(nonmember_patients, n_boot, rng)], axis=1)
-    values = _weighted_auc(scores, labels, weights)
-    lo, hi = np.nanquantile(values, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+    return np.concatenate([_patient_weights(member_patients, n_boot, rng),
+                           _patient_weights(nonmember_patients, n_boot, rng)], axis=1)
 
 
-def tpr_ci(member: np.ndarray, nonmember: np.ndarray, member_patients: np.ndarray, nonmember_patients: np.ndarray,
-           target: float, n_boot: int = DEFAULT_BOOT, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile CI of the TPR at FPR ≤ ``target`` from the same stratified patient bootstrap as :func:`auc_ci`.
+def bootstrap_cis(member: np.ndarray, nonmember: np.ndarray, member_patients: np.ndarray,
+                  nonmember_patients: np.ndarray, fpr_targets: Sequence[float], n_boot: int = DEFAULT_BOOT,
+                  seed: int = 0, alpha: float = 0.05) -> tuple[tuple[float, float], dict[float, tuple[float, float]]]:
+    """Percentile CIs of the AUC and of the TPR at each FPR target from one stratified bootstrap that resamples
+    patients, not slices: a resampled patient contributes all its slices, so slices of one patient are never
+    treated as independent evidence. The same replicates as :func:`auc_ci` and :func:`tpr_ci`.
 
     At a low FPR the threshold sits among the top few non-member scores, and slices of one patient move together:
     with a dozen non-member patients, one patient's slices decide whether a threshold lets 0 % or 8 % of the
     non-members through, and one member patient's slices shift the TPR by a tenth. The point estimate alone cannot
-    carry a verdict (Carlini et al. 2022 read TPR at low FPR with thousands of independent examples)."""
+    carry a verdict (Carlini et al. 2022 read TPR at low FPR over thousands of independent examples)."""
     scores, labels = _labelled(member, nonmember)
-    rng = np.random.default_rng(seed)
-    weights = np.concatenate([_patient_weights(member_patients, n_boot, rng),
-                              _patient_weights(nonmember_patients, n_boot, rng)], axis=1)
-    values, _ = _weighted_tpr_at_fpr(scores, labels, weights, target)
-    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+    weights = _stratified_weights(member_patients, nonmember_patients, n_boot, seed)
+    quantiles = [alpha / 2, 1 - alpha / 2]
+    lo, hi = np.nanquantile(_weighted_auc(scores, labels, weights), quantiles)
+    tprs = _weighted_tpr_at_fpr(scores, labels, weights, fpr_targets)
+    return (float(lo), float(hi)), {target: tuple(float(q) for q in np.quantile(tpr, quantiles))  # type: ignore[misc]
+                                    for target, (tpr, _) in zip(fpr_targets, tprs)}
+
+
+def auc_ci(member: np.ndarray, nonmember: np.ndarray, member_patients: np.ndarray, nonmember_patients: np.ndarray,
+           n_boot: int = DEFAULT_BOOT, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile CI of the AUC from the stratified patient bootstrap (:func:`bootstrap_cis`)."""
+    return bootstrap_cis(member, nonmember, member_patients, nonmember_patients, (), n_boot, seed, alpha)[0]
+
+
+def tpr_ci(member: np.ndarray, nonmember: np.ndarray, member_patients: np.ndarray, nonmember_patients: np.ndarray,
+           target: float, n_boot: int = DEFAULT_BOOT, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile CI of the TPR at FPR ≤ ``target`` from the stratified patient bootstrap (:func:`bootstrap_cis`)."""
+    _, tprs = bootstrap_cis(member, nonmember, member_patients, nonmember_patients, (target,), n_boot, seed, alpha)
+    return tprs[target]
 
 
 def cluster_bootstrap_mean(values: np.ndarray, groups: np.ndarray, n_boot: int = DEFAULT_BOOT, seed: int = 0,

@@ -1,7 +1,7 @@
 """ROC curve, AUC (Mann–Whitney), TPR at a target FPR, membership advantage: one score per example."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -76,26 +76,38 @@ def log_roc_points(member: np.ndarray, nonmember: np.ndarray, max_points: int = 
 def tpr_at_fpr(member: np.ndarray, nonmember: np.ndarray, target: float) -> dict[str, Any]:
     """TPR at the largest achieved FPR ≤ ``target``; ``resolvable`` is False when there are fewer than
     1/target non-members, so the target cannot even be reached by a single false positive."""
-    tpr, fpr = _weighted_tpr_at_fpr(*_labelled(member, nonmember), None, target)
+    [(tpr, fpr)] = _weighted_tpr_at_fpr(*_labelled(member, nonmember), None, (target,))
     n_non = np.asarray(nonmember).size
     return {"tpr": float(tpr[0]), "achieved_fpr": float(fpr[0]), "resolvable": bool(n_non * target >= 1 - 1e-9)}
 
 
 def _weighted_tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None,
-                         target: float) -> tuple[np.ndarray, np.ndarray]:
-    """(TPR, achieved FPR) at the largest FPR ≤ ``target``, for each row of ``weights`` (B, N) (frequency weights
-    from a bootstrap); one value each if weights is None. The ROC's points are the distinct scores (ties form one
-    point) plus the origin, as in :func:`roc_curve`; FPR and TPR only grow along it, so the last admissible point
-    has the largest TPR."""
+                         targets: Sequence[float]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(TPR, achieved FPR) at the largest FPR ≤ each target, for each row of ``weights`` (B, N) (frequency weights
+    from a bootstrap); one value each if weights is None.
+
+    The ROC's points are the distinct scores plus the origin, as in :func:`roc_curve`, and both rates only grow
+    along it, so the answer is the point just above the first non-member (in descending score order) whose
+    cumulative weight takes the FPR past the target: every member and non-member scoring strictly higher counts,
+    and nothing tied with it (ties form one point). Members and non-members are summed separately, vectorised over
+    the replicates, and the cumulative sums serve every target."""
     w = np.ones((1, scores.size)) if weights is None else np.atleast_2d(weights)
-    order = np.argsort(-scores, kind="mergesort")
-    s, y, w = scores[order], labels[order].astype(bool), w[:, order]
-    last_of_value = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
-    member_w, non_w = np.where(y, w, 0.0), np.where(y, 0.0, w)
-    tpr = np.c_[np.zeros(len(w)), np.cumsum(member_w, axis=1)[:, last_of_value] / member_w.sum(1, keepdims=True)]
-    fpr = np.c_[np.zeros(len(w)), np.cumsum(non_w, axis=1)[:, last_of_value] / non_w.sum(1, keepdims=True)]
-    last = (fpr <= target * (1 + 1e-12)).sum(1, keepdims=True) - 1
-    return np.take_along_axis(tpr, last, 1)[:, 0], np.take_along_axis(fpr, last, 1)[:, 0]
+    is_member = labels.astype(bool)
+    orders = [np.flatnonzero(group)[np.argsort(-scores[group], kind="mergesort")] for group in (is_member, ~is_member)]
+    ascending = [-scores[order] for order in orders]  # minus the scores, descending scores as ascending keys
+    cums = []
+    for order in orders:
+        cum = np.c_[np.zeros(len(w)), np.cumsum(w[:, order], axis=1)]
+        cums.append(cum / cum[:, -1:])
+    rows = np.arange(len(w))
+    out = []
+    for target in targets:
+        over = cums[1][:, 1:] > target * (1 + 1e-12)
+        any_over = over.any(1)
+        cut = ascending[1][np.where(any_over, over.argmax(1), 0)]  # minus the first offending non-member's score
+        counted = [np.where(any_over, np.searchsorted(keys, cut, side="left"), keys.size) for keys in ascending]
+        out.append((cums[0][rows, counted[0]], cums[1][rows, counted[1]]))
+    return out
 
 
 def advantage(member: np.ndarray, nonmember: np.ndarray) -> float:

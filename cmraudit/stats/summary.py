@@ -7,18 +7,19 @@ from typing import Any
 import numpy as np
 
 from .bounds import DEFAULT_DELTA, eps_lower_bound
-from .patients import DEFAULT_BOOT, aggregate_by_patient, auc_ci, tpr_ci
+from .patients import DEFAULT_BOOT, aggregate_by_patient, bootstrap_cis
 from .roc import FPR_TARGETS, advantage, auc, tpr_at_fpr
 
 
 def _block(member: np.ndarray, nonmember: np.ndarray, member_patients: np.ndarray, nonmember_patients: np.ndarray,
            n_boot: int, seed: int, eps_bound: float) -> dict[str, Any]:
+    auc_interval, tpr_intervals = bootstrap_cis(member, nonmember, member_patients, nonmember_patients, FPR_TARGETS,
+                                                n_boot, seed)
     return {
         "auc": auc(member, nonmember),
-        "auc_ci": list(auc_ci(member, nonmember, member_patients, nonmember_patients, n_boot, seed)),
-        "tpr_at_fpr": {str(f): {**tpr_at_fpr(member, nonmember, f),
-                                "ci": list(tpr_ci(member, nonmember, member_patients, nonmember_patients, f, n_boot,
-                                                  seed))} for f in FPR_TARGETS},
+        "auc_ci": list(auc_interval),
+        "tpr_at_fpr": {str(f): {**tpr_at_fpr(member, nonmember, f), "ci": list(tpr_intervals[f])}
+                       for f in FPR_TARGETS},
         "eps_lower_bound": eps_bound,
         "advantage": advantage(member, nonmember),
         "n_members": int(np.asarray(member).size),
