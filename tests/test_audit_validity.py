@@ -2,7 +2,8 @@
 generators with a known answer, on the default data (the 60-patient phantom, 24 members and 12 non-members).
 
 * ``fresh-phantom`` never saw a member: over 10 split seeds its patient-level AUC CIs may exclude 0.5 at about the
-  nominal 5% rate, its mean AUC per attack stays at 0.5, its ε lower bounds stay at 0 and the gate never fails it.
+  nominal 5% rate, its mean AUC per attack stays at 0.5, its ε lower bounds stay at 0 and the gate never fails it,
+  on the AUC or on the TPR at 1% FPR (whose point estimate alone exceeds the policy's 0.05 on some seeds).
 * ``verbatim`` returns its training slices: the gate fails it, with canaries and without.
 
 Smoke-sized images (32 px) and samples-only attacks keep this to about a minute; the statistics do not depend on
@@ -44,7 +45,7 @@ def test_a_generator_that_never_saw_a_member_is_never_failed(validity, tmp_path)
     canary_aucs: dict[str, list[float]] = {a: [] for a in ATTACKS}
     excluded = total = 0
     eps_zero_seeds = 0
-    outcomes = []
+    outcomes, tpr_outcomes, tpr_points = [], [], []
     for seed in SEEDS:
         doc = audit(tmp_path / f"seed{seed}", "fresh-phantom", seed)
         model = doc["models"]["fresh-phantom"]
@@ -60,14 +61,18 @@ def test_a_generator_that_never_saw_a_member_is_never_failed(validity, tmp_path)
             bounds += [attack["patient"]["eps_lower_bound"], attack["canaries"]["one_run_eps"]["epsilon"]]
             assert attack["null"]["status"] == "ok"  # every samples-only attack has its null baseline
         eps_zero_seeds += max(bounds) == 0
-        outcomes.append(outcome([r for r in evaluate(doc, load_policy(None)) if r.rule == "max_mia_auc"],
-                                on_inconclusive="inconclusive"))
+        rules = evaluate(doc, load_policy(None))
+        outcomes.append(outcome([r for r in rules if r.rule == "max_mia_auc"], on_inconclusive="inconclusive"))
+        [tpr_rule] = [r for r in rules if r.rule == "max_tpr_at_fpr"]
+        tpr_outcomes.append(tpr_rule.verdict)
+        tpr_points.append(max(a["tpr_at_fpr"]["0.01"]["tpr"] for a in model["attacks"].values()))
     assert excluded <= 0.10 * total, f"{excluded} of {total} patient-level CIs exclude 0.5"
     for name in ATTACKS:
         assert abs(np.mean(per_attack[name]) - 0.5) <= 0.06, (name, per_attack[name])
         assert abs(np.mean(canary_aucs[name]) - 0.5) <= 0.04, (name, canary_aucs[name])
     assert eps_zero_seeds >= 9, eps_zero_seeds
     assert "fail" not in outcomes, outcomes
+    assert "fail" not in tpr_outcomes, list(zip(tpr_outcomes, tpr_points))
 
 
 @pytest.mark.parametrize("canaries", [100, 0])
@@ -76,8 +81,8 @@ def test_a_generator_that_returns_its_training_images_fails(validity, tmp_path, 
     doc = audit(tmp_path / "run", "verbatim", 0, canaries=canaries, steps=400, n_samples=2000)
     model = doc["models"]["verbatim"]
     assert model["status"] == "ok", model.get("error")
-    rules = [r for r in evaluate(doc, load_policy(None)) if r.rule == "max_mia_auc"]
-    assert outcome(rules, on_inconclusive="inconclusive") == "fail", rules
+    rules = [r for r in evaluate(doc, load_policy(None)) if r.rule in ("max_mia_auc", "max_tpr_at_fpr")]
+    assert [r.verdict for r in rules] == ["fail", "fail"], rules
     attack = model["attacks"]["gan-leaks"]
     assert attack["verdict"]["verdict"] == "fail"
     if canaries:  # the canaries it was trained on are caught too, with a one-run ε lower bound well above 0
