@@ -49,6 +49,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 TARGET_SECONDS = 300
 TARGET_GB = 4.0
@@ -145,7 +146,8 @@ def materialise(checkout: str, into: Path) -> Path:
 
 
 def run_once(label: str, repeat: int, src: Path, workdir: Path, cache: Path, threads: int,
-             run_args: list[str], core: int | None = None, epoch: float = 0.0) -> Timing:
+             run_args: list[str], core: int | None = None, epoch: float = 0.0,
+             started: Callable[[subprocess.Popen], None] | None = None) -> Timing:
     out = workdir / f"run-{repeat}"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "CMRAUDIT_THREADS": str(threads), "PYTHONPATH": str(src), "CMRAUDIT_CACHE_DIR": str(cache)}
@@ -156,11 +158,13 @@ def run_once(label: str, repeat: int, src: Path, workdir: Path, cache: Path, thr
     start = time.perf_counter()
     with open(workdir / f"stderr-{repeat}.log", "w") as err:
         child = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=pin)
+        if started is not None:  # --concurrent stops the second checkout's last run when the first is done
+            started(child)
         _, status, usage = os.wait4(child.pid, 0)
     end = time.perf_counter()
     wall = end - start
     code = os.waitstatus_to_exitcode(status)
-    if code != 0:
+    if code not in (0, -15):  # -15: stopped by --concurrent, not a failure
         print((workdir / f"stderr-{repeat}.log").read_text()[-3000:], file=sys.stderr)
     results = out / "results.json"
     return Timing(label, repeat, wall, usage.ru_maxrss / 1024 ** 2, usage.ru_utime + usage.ru_stime, code,
@@ -212,18 +216,30 @@ def concurrent(prepared: list[tuple[str, Path, Path, Path]], repeat: int, run_ar
     epoch = time.perf_counter()
     base_runs: list[Timing] = []
     runs: list[Timing] = []
+    children: list[subprocess.Popen] = []
     done = threading.Event()
+    lock = threading.Lock()
 
     def baseline() -> None:
         for i in range(1, repeat + 1):
             base_runs.append(run_once(base_label, i, base_src, base_dir, base_cache, 1, run_args, cores[0], epoch))
-        done.set()
+        with lock:  # the second checkout's run in progress would end outside the window: stop it
+            done.set()
+            for child in children:
+                if child.poll() is None:
+                    child.terminate()
+
+    def started(child: subprocess.Popen) -> None:
+        with lock:
+            children.append(child)
+            if done.is_set():
+                child.terminate()
 
     def contender() -> None:
         i = 0
         while not done.is_set():
             i += 1
-            runs.append(run_once(label, i, src, workdir, cache, 1, run_args, cores[1], epoch))
+            runs.append(run_once(label, i, src, workdir, cache, 1, run_args, cores[1], epoch, started))
 
     threads = [threading.Thread(target=baseline), threading.Thread(target=contender)]
     for thread in threads:
@@ -231,7 +247,8 @@ def concurrent(prepared: list[tuple[str, Path, Path, Path]], repeat: int, run_ar
     for thread in threads:
         thread.join()
     for t in base_runs + runs:
-        report_run(t)
+        if t.exit_code != -15:
+            report_run(t)
 
     window = (min(t.span[0] for t in base_runs), max(t.span[1] for t in base_runs))
     base_wall = sum(t.wall for t in base_runs) / len(base_runs)
@@ -240,17 +257,23 @@ def concurrent(prepared: list[tuple[str, Path, Path, Path]], repeat: int, run_ar
           f"{window[0]:.0f}-{window[1]:.0f} s):")
     print(f"  {'checkout':<24} {'run':>3} {'cache':>5} {'start s':>8} {'end s':>8} {'wall s':>8} {'ratio':>6} "
           f"{'peak GB':>8} {'cpu s':>8} {'exit':>4}")
+
+    def compared(t: Timing) -> bool:
+        return t.exit_code == 0 and window[0] <= t.span[0] and t.span[1] <= window[1]
+
     for t in base_runs + runs:
-        inside = window[0] <= t.span[0] and t.span[1] <= window[1]
+        note = "" if any(t is b for b in base_runs) or compared(t) else (
+            "  (stopped when the first checkout finished)" if t.exit_code == -15 else
+            "  (failed: not compared)" if t.exit_code else "  (outside the window: not compared)")
         print(f"  {t.checkout[-24:]:<24} {t.repeat:>3} {'warm' if t.warm else 'cold':>5} {t.span[0]:8.0f} "
               f"{t.span[1]:8.0f} {t.wall:8.1f} {t.wall / base_wall:6.2f} {t.peak_gb:8.2f} {t.cpu:8.1f} "
-              f"{t.exit_code:>4}{'' if inside else '  (outside the window: not compared)'}")
+              f"{t.exit_code:>4}{note}")
     for state, warm in (("cold", False), ("warm", True)):
-        walls = [t.wall for t in runs if t.warm == warm and window[0] <= t.span[0] and t.span[1] <= window[1]]
+        walls = [t.wall for t in runs if t.warm == warm and compared(t)]
         if walls:
             print(f"  {label}, {state} cache: mean {sum(walls) / len(walls):.1f} s over {len(walls)} run(s), "
                   f"{sum(walls) / len(walls) / base_wall:.2f}x {base_label}")
-    return max(t.exit_code for t in base_runs + runs)
+    return max(t.exit_code for t in base_runs + runs if t.exit_code != -15)
 
 
 def main() -> int:
