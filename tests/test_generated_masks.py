@@ -9,6 +9,7 @@ from cmraudit.errors import CmrauditError
 from cmraudit.run import AuditRun
 from cmraudit.run.config import ModelSpec
 from cmraudit.run.folder import load_masks, load_samples
+from cmraudit.training.privacy import compose
 
 # every results.json these tests write is checked against the schema as it is written
 pytestmark = pytest.mark.usefixtures("validated_results")
@@ -42,7 +43,11 @@ def test_generated_masks_condition_every_model_of_their_budget(fakes, tmp_path):
 
     privacy = doc["models"]["fast-tiny-dp2"]["samples"]["privacy"]
     image_eps = doc["models"]["fast-tiny-dp2"]["training"]["dp"]["epsilon"]
-    assert privacy["epsilon"] == pytest.approx(image_eps + mask_dp["epsilon"])
+    image_dp = doc["models"]["fast-tiny-dp2"]["training"]["dp"]
+    assert privacy["epsilon"] == pytest.approx(compose([image_dp, mask_dp])["epsilon"])
+    assert max(image_eps, mask_dp["epsilon"]) < privacy["epsilon"] < image_eps + mask_dp["epsilon"]
+    assert privacy["basic_epsilon"] == pytest.approx(image_eps + mask_dp["epsilon"])
+    assert privacy["composition"] == f"{image_dp['accountant']} accountant over both models' steps"
     assert "privacy" not in doc["models"]["fast-tiny"]["samples"]
     judged = {r["rule"]: r for r in doc["models"]["fast-tiny-dp2"]["verdict"]["rules"]}
     assert judged["max_epsilon"]["value"] == pytest.approx(privacy["epsilon"]), "the gate judges the whole cohort"

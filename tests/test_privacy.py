@@ -15,6 +15,7 @@ from cmraudit.training.privacy import (
     DPConfig,
     PoissonSampler,
     calibrate,
+    compose,
     epsilon_spent,
     make_accountant,
     releases_noise,
@@ -65,6 +66,23 @@ def test_record_has_exactly_the_results_json_keys_and_recomputes_epsilon():
     for _ in range(50):
         acc.step(noise_multiplier=1.2, sample_rate=0.25)
     assert record["epsilon"] == pytest.approx(acc.get_epsilon(delta=dp.delta))
+
+
+def test_trainings_on_the_same_units_compose_in_the_accountant():
+    """Two trainings on the same patients: the accountant over both histories, which for two equal trainings is
+    one training twice as long, between the larger single ε and their sum (basic composition)."""
+    image = DPConfig(epsilon=8.0).for_units(24).record(1.33, 0.25, 50)
+    masks = DPConfig(epsilon=8.0).for_units(24).record(2.0, 0.5, 30)
+    joint = compose([image, image])
+    assert joint["epsilon"] == pytest.approx(epsilon_spent("prv", [(1.33, 0.25, 100)], image["delta"]))
+    assert image["epsilon"] < joint["epsilon"] < 2 * image["epsilon"]
+    mixed = compose([image, masks])
+    assert max(image["epsilon"], masks["epsilon"]) < mixed["epsilon"] < image["epsilon"] + masks["epsilon"]
+    assert mixed["history"] == [[1.33, 0.25, 50], [2.0, 0.5, 30]] and mixed["delta"] == image["delta"]
+    # different accountants or units, or a record without its steps: no joint accounting (basic composition stands)
+    assert compose([image, {**masks, "accountant": "rdp"}]) is None
+    assert compose([image, {**masks, "unit": "slice"}]) is None
+    assert compose([image, {k: v for k, v in masks.items() if k != "steps"}]) is None
 
 
 def test_releases_on_one_batch_compose_to_sqrt_k_sensitivity():

@@ -142,6 +142,15 @@ def test_release_with_filter_reads_back_and_documents_itself(run_dir, lenient, c
         assert all(r["after"] == pytest.approx(r["before"]) for r in sheet["metrics"] if r["before"] is not None)
     assert "real segmentation masks of the run's reference patients" in cohort["masks_statement"]
     assert sheet["privacy"]["dp"] is None and "**No DP**" in texts[0]
+    from cmraudit.release.datasheet import render_markdown
+
+    # a two-stage DP cohort states the accountant's composed ε and the looser sum beside it
+    sheet["privacy"]["cohort"] = {"epsilon": 11.6, "delta": 1e-5, "basic_epsilon": 16.0, "mask_epsilon": 8.0,
+                                  "image_epsilon": 8.0, "mask_model": "masks-dp8",
+                                  "composition": "prv accountant over both models' steps"}
+    text = render_markdown(sheet)
+    assert "**The cohort as a whole: ε = 11.6" in text and "prv accountant over both models' steps" in text
+    assert "basic composition, gives ε = 16" in text
     assert sheet["release"]["command"].startswith(f"cmraudit release {run_dir} --model vae --filter")
     assert sheet["versions"]["audit"]["torch"] and sheet["versions"]["release"]["cmraudit"]
     md = texts[0]

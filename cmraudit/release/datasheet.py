@@ -146,8 +146,10 @@ def render_markdown(sheet: dict[str, Any]) -> str:
         md += [f"**The cohort as a whole: ε = {_f(composed.get('epsilon'))}, δ = {_f(composed.get('delta'))}** — "
                f"its masks come from the DP mask model `{composed.get('mask_model')}` (ε = "
                f"{_f(composed.get('mask_epsilon'))}) and its images from this model (ε = "
-               f"{_f(composed.get('image_epsilon'))}), both trained on the same patients: "
-               f"{composed.get('composition')} composition adds them.", ""]
+               f"{_f(composed.get('image_epsilon'))}), both trained on the same patients, composed by "
+               f"{composed.get('composition')}"
+               + (f" (adding the two, basic composition, gives ε = {_f(composed.get('basic_epsilon'))})."
+                  if composed.get("basic_epsilon") not in (None, composed.get("epsilon")) else "."), ""]
     pre = sheet["privacy"]["public_pretraining"]
     md += ["Public pretraining: " + ("none." if not pre else
            f"`{pre.get('data')}`, {_f(pre.get('patients'))} patients, {_f(pre.get('slices'))} slices, "

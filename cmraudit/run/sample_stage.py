@@ -95,7 +95,11 @@ def generated_conditioning(ctx: "StageContext", mask_spec: "ModelSpec") -> Slice
 
 
 def composed_privacy(ctx: "StageContext", model: str, mask_spec: "ModelSpec") -> dict[str, Any] | None:
-    """The cohort's (ε, δ) when both its mask model and its image model are DP: basic sequential composition."""
+    """The cohort's (ε, δ) when both its mask model and its image model are DP: their accountant over both models'
+    steps (``training.privacy.compose``), or basic sequential composition (ε and δ added) where the records do not
+    allow that; the sum is recorded either way, for comparison."""
+    from ..training.privacy import compose
+
     image_dp = ((ctx.records.entry(model).get("training") or {}).get("dp")) or None
     mask_dp = ((ctx.records.mask_entry(mask_spec.name) or {}).get("training") or {}).get("dp") or None
     if not image_dp or not mask_dp:
@@ -104,5 +108,11 @@ def composed_privacy(ctx: "StageContext", model: str, mask_spec: "ModelSpec") ->
     deltas = [image_dp.get("delta"), mask_dp.get("delta")]
     if any(e is None for e in eps) or any(d is None for d in deltas):
         return None
-    return {"epsilon": float(sum(eps)), "delta": float(sum(deltas)), "composition": "basic (sequential)",
-            "image_epsilon": float(eps[0]), "mask_epsilon": float(eps[1]), "mask_model": mask_spec.name}
+    out = {"epsilon": float(sum(eps)), "delta": float(sum(deltas)), "composition": "basic (sequential)",
+           "basic_epsilon": float(sum(eps)), "basic_delta": float(sum(deltas)),
+           "image_epsilon": float(eps[0]), "mask_epsilon": float(eps[1]), "mask_model": mask_spec.name}
+    joint = compose([image_dp, mask_dp])
+    if joint is not None and joint["epsilon"] <= out["epsilon"]:
+        out.update(epsilon=joint["epsilon"], delta=joint["delta"],
+                   composition=f"{joint['accountant']} accountant over both models' steps")
+    return out
