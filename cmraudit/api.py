@@ -120,6 +120,10 @@ def _torch_rows(rows: Any) -> Any:
 class StepRunner(abc.ABC):
     """Given to ``Generator.training_step`` by the training loop: hides AMP, clipping, DP and EMA."""
 
+    #: False on the passes of an accumulated step (``train.micro_batch``) before its last one: a generator that
+    #: counts its own steps (a KL warm-up, a schedule) counts where this is True, so passes and steps agree
+    completes_step: bool = True
+
     @abc.abstractmethod
     def optimize(self, network: str, loss: "torch.Tensor") -> None:
         """zero_grad, backward (scaled under AMP), clip (non-DP; DP clips per example), step, EMA update."""

@@ -206,7 +206,8 @@ class MaskVAEGenerator(MaskGenerator):
             nll, kl, _, _ = self._terms(self.nets["mask_vae"], batch, eps)
         loss = (nll + beta * kl).mean()
         runner.optimize("mask_vae", loss)
-        counter += 1
+        if runner.completes_step:  # the passes of one accumulated step share one count
+            counter += 1
         return {"loss": float(loss.detach()), "nll": float(nll.detach().mean()), "kl": float(kl.detach().mean()),
                 "kl_weight": beta}
 

@@ -155,7 +155,8 @@ class VAEGenerator(Generator):
         nll, kl = _per_example_terms(batch.images, x_hat, mu, logvar, self.config.recon_sigma)
         loss = (nll + beta * kl).mean()
         runner.optimize("vae", loss)
-        counter += 1
+        if runner.completes_step:  # the passes of one accumulated step share one count
+            counter += 1
         return {"loss": float(loss.detach()), "nll": float(nll.detach().mean()), "kl": float(kl.detach().mean()),
                 "kl_weight": beta}
 

@@ -65,6 +65,26 @@ def test_a_pass_that_differs_changes_the_step(tmp_path):
     assert not torch.allclose(_parameters(wrong), _parameters(whole), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["vae", "mask-vae"])
+def test_a_generators_own_step_count_counts_steps_not_passes(tmp_path, name):
+    """The VAEs' KL warm-up reads a step counter: with passes of 3 of a batch of 8 it must advance once per step,
+    so every pass of a step gets the same KL weight and the warm-up ends when it does with whole batches."""
+    from cmraudit.api import Conditioning
+    from cmraudit.registry import registered
+
+    kind = "generators" if name == "vae" else "mask_generators"
+    counts, weights = {}, {}
+    for micro in (0, 3):
+        cls = registered(kind)[name]
+        gen = cls(cls.make_config("smoke", {"kl_warmup_steps": 10}), Conditioning(32))
+        result = train(gen, tiny_table(n_patients=10, size=32), TrainConfig(steps=4, batch_size=8,
+                       micro_batch=micro, checkpoint_every=4, amp=False), tmp_path / f"{name}-{micro}")
+        module = getattr(gen.nets[next(iter(gen.nets))], "_module", gen.nets[next(iter(gen.nets))])
+        counts[micro], weights[micro] = int(module.steps_trained), result.logs["kl_weight"]
+    assert counts == {0: 4, 3: 4}
+    assert weights[3] == pytest.approx(weights[0])
+
+
 def test_a_generator_with_two_updates_per_step_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="micro_batch"):
         train(build(TinyPair), tiny_table(), TrainConfig(steps=1, batch_size=4, micro_batch=2), tmp_path)

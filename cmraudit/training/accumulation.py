@@ -5,7 +5,8 @@ the loss is the batch mean, so pass i's mean loss is weighted by n_i / B and the
 one clip-and-step (Goyal et al. 2017, "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", section 2).
 That holds for generators that call ``runner.optimize`` once per step; one that updates a second network from a
 loss through the first network's fresh update (a GAN) is refused, since accumulated passes would change its step.
-Generators that count calls of ``training_step`` (the VAE's KL warm-up) count passes, not steps.
+Generators that count their steps (the VAE's KL warm-up) count on the pass whose runner ``completes_step``: every
+pass of one step sees the same count.
 
 DP runs never come here: their Poisson batch is the unit of the privacy analysis (see ``loop.py``).
 """
@@ -57,6 +58,10 @@ class AccumulatingRunner(StepRunner):
 
     def begin_pass(self, weight: float, first: bool, final: bool) -> None:
         self.weight, self.first, self.final, self.optimized = weight, first, final, 0
+
+    @property
+    def completes_step(self) -> bool:  # type: ignore[override]
+        return self.final
 
     def optimize(self, network: Any, loss: torch.Tensor) -> None:
         self.optimized += 1
