@@ -1,7 +1,9 @@
-"""Atomic file writes: a temp file in the same folder, fsync, then rename, so nothing is ever written half."""
+"""Atomic file writes (a temp file in the same folder, fsync, then rename, so nothing is ever written half) and an
+exclusive lock on a file that other processes respect, on POSIX and on Windows."""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,3 +43,36 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     with atomic_open(path, "wb") as fh:
         fh.write(data)
+
+
+@contextmanager
+def exclusive_lock(path: Path | str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) until the block ends; other processes that ask for it
+    wait. The operating system releases it when its process dies, so a killed process never leaves it held:
+    ``fcntl.flock`` on POSIX, ``msvcrt.locking`` of the file's first byte on Windows (which has no flock)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        if sys.platform == "win32":
+            import msvcrt
+
+            fh.seek(0)
+            while True:
+                try:  # LK_LOCK retries for about 10 s, then raises: keep waiting, as flock does
+                    msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:
+                    continue
+            try:
+                yield
+            finally:
+                fh.seek(0)
+                msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

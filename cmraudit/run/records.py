@@ -7,14 +7,13 @@ atomically, so an interrupted run leaves a valid document that says how far it g
 
 Several processes may write one results.json (``executor = "ray"``: one task per model, each in its own process,
 perhaps on another machine sharing the run folder). Each process owns the records it changes (its model, its mask
-model) and nothing else: a save takes an exclusive ``fcntl.flock`` on ``results.json.lock`` beside the file, reads
-what is on disk, puts its own records over it (every other record as the disk has it), and writes atomically before
-letting go. A process alone with its folder (the in-process executor) reads back exactly what it wrote, so its
-document is the same as without the merge.
+model) and nothing else: a save takes an exclusive lock (``io.exclusive_lock``) on ``results.json.lock`` beside it,
+reads what is on disk, puts its own records over it (every other record as the disk has it), and writes atomically
+before letting go. A process alone with its folder (the in-process executor) reads back exactly what it wrote, so
+its document is the same as without the merge.
 """
 from __future__ import annotations
 
-import fcntl
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 from .. import results as R
 from ..api import Split
 from ..data.types import SliceTable
+from ..io import exclusive_lock
 
 STAGES = ("train", "sample", "audit")
 
@@ -54,14 +54,8 @@ class ModelRecords:
     def _locked(self) -> Iterator[None]:
         """An exclusive lock on ``results.json.lock`` for one read-merge-write (released when the process dies, so
         a killed worker never leaves it held)."""
-        lock = self.path.with_name(self.path.name + ".lock")
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        with exclusive_lock(self.path.with_name(self.path.name + ".lock")):
+            yield
 
     def _merge_from_disk(self) -> None:
         """Take every record this process does not own from the file (keeping this process's order of models),
