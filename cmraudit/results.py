@@ -159,7 +159,7 @@ def metric_values(model: dict[str, Any], category: str | None = None) -> dict[st
 
 
 def headline(model: dict[str, Any]) -> dict[str, Any]:
-    """The few numbers a reader compares first: worst MIA AUC (+ CI), its TPR@1%FPR, epsilon, TSTR Dice, FD."""
+    """The few numbers a reader compares first: worst MIA AUC (+ CI), its TPR@1%FPR (+ CI), epsilon, TSTR Dice, FD."""
     mias = [(n, a) for n, a in (model.get("attacks") or {}).items()
             if a.get("status") == "ok" and a.get("kind", "mia") == "mia" and a.get("auc") is not None]
     worst = max(mias, key=lambda na: na[1]["auc"], default=None)
@@ -172,6 +172,7 @@ def headline(model: dict[str, Any]) -> dict[str, Any]:
         "auc": worst[1]["auc"] if worst else None,
         "auc_ci": worst[1].get("auc_ci") if worst else None,
         "tpr_at_1pct": (tpr_at(worst[1], 0.01) or {}).get("tpr") if worst else None,
+        "tpr_at_1pct_ci": (tpr_at(worst[1], 0.01) or {}).get("ci") if worst else None,
     }
     for key in ("tstr_dice", "fd", "precision", "recall", "mask_dice"):
         out[key] = values.get(key, {}).get("value")

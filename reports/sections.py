@@ -75,7 +75,7 @@ class ComparisonSection(ReportSection):
             eps = (tr.get("dp") or {}).get("epsilon") if tr.get("dp") else (float("inf") if tr else None)
             rows.append([model, entry.get("generator"), entry.get("status"), fmt(eps), fmt(tr.get("steps")),
                          fmt(tr.get("seconds")), fmt(h["auc"]), fmt(h["auc_ci"]), h["worst_attack"] or "–",
-                         fmt(h["tpr_at_1pct"])])
+                         fmt(h["tpr_at_1pct"]) + (f" {fmt(h['tpr_at_1pct_ci'])}" if h["tpr_at_1pct_ci"] else "")])
         headline = report.part("table", ["model", "generator", "status", "ε", "steps", "train s", "worst MIA AUC",
                                          "95% CI", "worst attack", "its TPR@1%FPR"], rows)
         metric_names = sorted({n for e in report.models.values() for n in R.metric_values(e)})

@@ -74,8 +74,8 @@ def test_headline_picks_the_worst_membership_attack():
     doc = minimal()
     m = doc["models"]["vae"]
     m["attacks"] = {"a": {"status": "ok", "kind": "mia", "auc": 0.6, "auc_ci": [0.5, 0.7], "tpr_at_fpr": {
-        "0.01": {"tpr": 0.03, "achieved_fpr": 0.01, "resolvable": True}}},
+        "0.01": {"tpr": 0.03, "achieved_fpr": 0.01, "resolvable": True, "ci": [0.0, 0.12]}}},
         "b": {"status": "ok", "kind": "mia", "auc": 0.55, "auc_ci": [0.5, 0.6], "tpr_at_fpr": {}},
         "c": {"status": "ok", "kind": "memorization", "auc": 0.9, "auc_ci": [0.8, 1.0], "tpr_at_fpr": {}}}
     h = R.headline(m)
-    assert (h["worst_attack"], h["auc"], h["tpr_at_1pct"]) == ("a", 0.6, 0.03)
+    assert (h["worst_attack"], h["auc"], h["tpr_at_1pct"], h["tpr_at_1pct_ci"]) == ("a", 0.6, 0.03, [0.0, 0.12])
