@@ -40,16 +40,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 TARGET_SECONDS = 300
 TARGET_GB = 4.0
@@ -147,7 +148,7 @@ def materialise(checkout: str, into: Path) -> Path:
 
 def run_once(label: str, repeat: int, src: Path, workdir: Path, cache: Path, threads: int,
              run_args: list[str], core: int | None = None, epoch: float = 0.0,
-             started: Callable[[subprocess.Popen], None] | None = None) -> Timing:
+             stopper: "Stopper | None" = None) -> Timing:
     out = workdir / f"run-{repeat}"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "CMRAUDIT_THREADS": str(threads), "PYTHONPATH": str(src), "CMRAUDIT_CACHE_DIR": str(cache)}
@@ -158,9 +159,11 @@ def run_once(label: str, repeat: int, src: Path, workdir: Path, cache: Path, thr
     start = time.perf_counter()
     with open(workdir / f"stderr-{repeat}.log", "w") as err:
         child = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=pin)
-        if started is not None:  # --concurrent stops the second checkout's last run when the first is done
-            started(child)
+        if stopper is not None:  # --concurrent stops the second checkout's last run when the first is done
+            stopper.started(child)
         _, status, usage = os.wait4(child.pid, 0)
+        if stopper is not None:
+            stopper.finished()
     end = time.perf_counter()
     wall = end - start
     code = os.waitstatus_to_exitcode(status)
@@ -198,17 +201,39 @@ def report_run(t: Timing) -> None:
     print(f"\n{t.checkout} (run {t.repeat}, {state}): exit {t.exit_code}, wall {t.wall:.1f} s "
           f"(target <= {TARGET_SECONDS} s), peak {t.peak_gb:.2f} GB (target <= {TARGET_GB} GB), "
           f"cpu {t.cpu:.1f} s = {t.cpu / max(t.wall, 1e-9):.2f} cores busy, load average "
-          f"{os.getloadavg()[0]:.1f}" + ("" if t.probes[0] != t.probes[0] else  # nan: no probe (--concurrent)
+          f"{os.getloadavg()[0]:.1f}" + ("" if math.isnan(t.probes[0]) else  # no probe with --concurrent
                                         f", probe {t.probes[0]:.2f} s before, {t.probes[1]:.2f} s after"), flush=True)
     if t.results:
         breakdown(t.results)
 
 
+class Stopper:
+    """Stops the second checkout's run in progress when the first checkout is done (``--concurrent``). The child is
+    signalled only between its start and its reaping (``os.wait4``), under one lock, so no stale pid is ever hit."""
+
+    def __init__(self) -> None:
+        self.lock, self.done, self.child = threading.Lock(), False, None
+
+    def started(self, child: subprocess.Popen) -> None:
+        with self.lock:
+            self.child = child
+            if self.done:
+                child.terminate()
+
+    def finished(self) -> None:
+        with self.lock:
+            self.child = None
+
+    def stop(self) -> None:
+        with self.lock:
+            self.done = True
+            if self.child is not None:
+                self.child.terminate()
+
+
 def concurrent(prepared: list[tuple[str, Path, Path, Path]], repeat: int, run_args: list[str]) -> int:
     """The first checkout ``repeat`` times on one core while the second runs back to back on another, one thread
     each; the second's runs inside the first's window are its comparison (see the module docstring)."""
-    import threading
-
     cores = sorted(os.sched_getaffinity(0))
     if len(prepared) != 2 or len(cores) < 2:
         sys.exit("--concurrent needs exactly two --checkout and two CPU cores")
@@ -216,30 +241,18 @@ def concurrent(prepared: list[tuple[str, Path, Path, Path]], repeat: int, run_ar
     epoch = time.perf_counter()
     base_runs: list[Timing] = []
     runs: list[Timing] = []
-    children: list[subprocess.Popen] = []
-    done = threading.Event()
-    lock = threading.Lock()
+    stopper = Stopper()
 
     def baseline() -> None:
         for i in range(1, repeat + 1):
             base_runs.append(run_once(base_label, i, base_src, base_dir, base_cache, 1, run_args, cores[0], epoch))
-        with lock:  # the second checkout's run in progress would end outside the window: stop it
-            done.set()
-            for child in children:
-                if child.poll() is None:
-                    child.terminate()
-
-    def started(child: subprocess.Popen) -> None:
-        with lock:
-            children.append(child)
-            if done.is_set():
-                child.terminate()
+        stopper.stop()  # the second checkout's run in progress would end outside the window
 
     def contender() -> None:
         i = 0
-        while not done.is_set():
+        while not stopper.done:
             i += 1
-            runs.append(run_once(label, i, src, workdir, cache, 1, run_args, cores[1], epoch, started))
+            runs.append(run_once(label, i, src, workdir, cache, 1, run_args, cores[1], epoch, stopper))
 
     threads = [threading.Thread(target=baseline), threading.Thread(target=contender)]
     for thread in threads:
